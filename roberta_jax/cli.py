@@ -1,0 +1,86 @@
+"""The `roberta-jax` command. Each subcommand parses its flags and calls the library; errors a
+user can fix are printed as one line (a traceback only with --debug) with a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from roberta_jax.errors import UserError
+from roberta_jax.model import TASKS
+
+EXIT_USER_ERROR = 1
+
+
+def _convert(args) -> None:
+    from roberta_jax.pretrained import convert
+    out = convert(args.src, args.dst, task=args.task, head=args.head)
+    print(f"wrote {out}")
+
+
+def _parity(args) -> None:
+    from roberta_jax.parity import check
+    tolerance = 1e-5
+    worst = check(seed=args.seed)
+    for name, diff in worst.items():
+        print(f"{name:45s} max |ours - transformers| = {diff:.2e}")
+    bad = [name for name, diff in worst.items() if diff > tolerance]
+    if bad:
+        raise UserError(f"outputs differ from transformers by more than {tolerance}: "
+                        f"{', '.join(bad)}")
+    print(f"all {len(worst)} outputs match transformers within {tolerance} (fp32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roberta-jax", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "convert", help="convert a Hugging Face directory or fairseq model.pt to a Hugging Face "
+        "directory (safetensors)")
+    p.add_argument("src", help="Hugging Face directory, fairseq model.pt, or a directory with one")
+    p.add_argument("dst", help="new output directory")
+    p.add_argument("--task", choices=sorted(TASKS), help="model head to export (default: the "
+                   "source's own)")
+    p.add_argument("--head", help="fairseq classification head to export, when it has several")
+    p.set_defaults(run=_convert)
+
+    p = commands.add_parser(
+        "parity", help="check every head against transformers' PyTorch RoBERTa on random weights")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_parity)
+    return parser
+
+
+def _log_to_stderr() -> None:
+    """Our own info and warnings, one line each; other libraries stay at their defaults."""
+    logger = logging.getLogger("roberta_jax")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _log_to_stderr()
+    try:
+        args.run(args)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"roberta-jax {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"roberta-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

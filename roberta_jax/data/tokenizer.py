@@ -1,0 +1,308 @@
+"""Tokenizers behind one interface: GPT-2 byte-level BPE (roberta-base's vocab.json + merges.txt
+or a tokenizer.json) and sentencepiece with fairseq's id offset (XLM-R, CamemBERT).
+
+Special tokens and formatting are RoBERTa's (DESIGN A2): `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3,
+`<mask>` last; single `<s> A </s>`, pair `<s> A </s></s> B </s>`. The ids come from the files,
+and are checked against that layout where the files say otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shutil
+
+import numpy as np
+
+from roberta_jax.errors import UserError
+
+BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
+SPM_FILE = "sentencepiece.bpe.model"
+TRUNCATION = ("longest_first", "only_first", "only_second")
+
+
+class Tokenizer:
+    """Text <-> ids, plus RoBERTa's special-token formatting. Subclasses implement the pieces."""
+
+    kind: str
+    bos_id: int
+    pad_id: int
+    eos_id: int
+    unk_id: int
+    mask_id: int
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of `text` without special tokens."""
+        raise NotImplementedError
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        raise NotImplementedError
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the files that `load_tokenizer` (and `transformers`) read back."""
+        raise NotImplementedError
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset((self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id))
+
+    def with_specials(self, ids_a: list[int], ids_b: list[int] | None = None) -> list[int]:
+        """`<s> A </s>` or `<s> A </s></s> B </s>`."""
+        out = [self.bos_id, *ids_a, self.eos_id]
+        if ids_b is not None:
+            out += [self.eos_id, *ids_b, self.eos_id]
+        return out
+
+    def __call__(self, text: str, pair: str | None = None, max_length: int | None = None,
+                 truncation: str = "longest_first") -> list[int]:
+        """Model input ids for a sentence or a pair, truncated to `max_length` with specials."""
+        ids_a = self.encode(text)
+        ids_b = None if pair is None else self.encode(pair)
+        if max_length is not None:
+            ids_a, ids_b = truncate(ids_a, ids_b, max_length - (2 if ids_b is None else 4),
+                                    truncation)
+        return self.with_specials(ids_a, ids_b)
+
+    def fingerprint(self) -> str:
+        """Identifies the vocabulary, so data prepared with one tokenizer is not used with another."""
+        import hashlib
+        h = hashlib.sha256(self.kind.encode())
+        for i in range(self.vocab_size):
+            h.update(self.id_to_token(i).encode("utf-8", "surrogatepass") + b"\0")
+        return h.hexdigest()[:16]
+
+    def id_to_token(self, i: int) -> str:
+        raise NotImplementedError
+
+
+def truncate(ids_a, ids_b, budget: int, strategy: str):
+    """Cut a sentence (pair) to `budget` content tokens; longest_first trims the longer one."""
+    if strategy not in TRUNCATION:
+        raise UserError(f"truncation {strategy!r}: use one of {', '.join(TRUNCATION)}")
+    if budget < 0:
+        raise UserError("max_length is too small to hold the special tokens")
+    if ids_b is None:
+        return ids_a[:budget], None
+    excess = len(ids_a) + len(ids_b) - budget
+    if excess <= 0:
+        return ids_a, ids_b
+    if strategy == "only_first":
+        if excess > len(ids_a):
+            raise UserError("only_first truncation cannot fit the pair: the second text is too long")
+        return ids_a[:len(ids_a) - excess], ids_b
+    if strategy == "only_second":
+        if excess > len(ids_b):
+            raise UserError("only_second truncation cannot fit the pair: the first text is too long")
+        return ids_a, ids_b[:len(ids_b) - excess]
+    a, b = len(ids_a), len(ids_b)
+    for _ in range(excess):
+        if a > b:
+            a -= 1
+        else:
+            b -= 1
+    return ids_a[:a], ids_b[:b]
+
+
+def pad_batch(sequences: list[list[int]], length: int, pad_id: int):
+    """-> (input_ids, attention_mask) int32 arrays [n, length]; longer sequences are an error."""
+    ids = np.full((len(sequences), length), pad_id, np.int32)
+    mask = np.zeros((len(sequences), length), np.int32)
+    for row, seq in enumerate(sequences):
+        if len(seq) > length:
+            raise UserError(f"sequence of {len(seq)} tokens does not fit length {length}")
+        ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------- byte-level BPE
+
+class ByteLevelBPETokenizer(Tokenizer):
+    """GPT-2 byte-level BPE as roberta-base uses it, on the `tokenizers` library."""
+
+    kind = "bpe"
+
+    def __init__(self, backend, source: str):
+        self._tok = backend
+        ids = {name: backend.token_to_id(name) for name in (BOS, PAD, EOS, UNK, MASK)}
+        missing = [name for name, i in ids.items() if i is None]
+        if missing:
+            raise UserError(f"{source}: vocabulary lacks RoBERTa's special tokens {missing}")
+        self.bos_id, self.pad_id, self.eos_id = ids[BOS], ids[PAD], ids[EOS]
+        self.unk_id, self.mask_id = ids[UNK], ids[MASK]
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+
+    @classmethod
+    def from_files(cls, vocab_file, merges_file) -> "ByteLevelBPETokenizer":
+        import tokenizers
+        from tokenizers import decoders, models, pre_tokenizers
+        try:
+            bpe = models.BPE.from_file(str(vocab_file), str(merges_file))
+        except Exception as e:  # the library raises plain Exceptions for malformed files
+            raise UserError(f"{vocab_file}: cannot read BPE vocab/merges ({e})") from None
+        tok = tokenizers.Tokenizer(bpe)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        _add_roberta_specials(tok)
+        return cls(tok, str(vocab_file))
+
+    @classmethod
+    def from_tokenizer_json(cls, file) -> "ByteLevelBPETokenizer":
+        import tokenizers
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(file))
+        except Exception as e:
+            raise UserError(f"{file}: cannot read tokenizer.json ({e})") from None
+        return cls(tok, str(file))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def id_to_token(self, i: int) -> str:
+        return self._tok.id_to_token(i)
+
+    def save(self, directory) -> None:
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        (directory / "vocab.json").write_text(
+            json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1])), ensure_ascii=False),
+            encoding="utf-8")
+        self._tok.model.save(str(directory), "tmp")  # writes tmp-vocab.json + tmp-merges.txt
+        (directory / "tmp-merges.txt").replace(directory / "merges.txt")
+        (directory / "tmp-vocab.json").unlink()
+        self._tok.save(str(directory / "tokenizer.json"))
+        _write_tokenizer_config(directory, "RobertaTokenizer")
+
+
+def _add_roberta_specials(tok) -> None:
+    from tokenizers import AddedToken
+    # <mask> swallows the space before it, so "a <mask>." tokenizes like roberta-base's.
+    tok.add_special_tokens([
+        AddedToken(BOS, normalized=False), AddedToken(PAD, normalized=False),
+        AddedToken(EOS, normalized=False), AddedToken(UNK, normalized=False),
+        AddedToken(MASK, lstrip=True, normalized=False)])
+
+
+# ------------------------------------------------------------------------------ sentencepiece
+
+_SPECIALS_RE = re.compile(r"(\s*<mask>|<s>|<pad>|</s>|<unk>)")
+
+
+def _split_specials(text: str):
+    """Special tokens written in the text stay whole, as in transformers; `<mask>` also takes
+    the white space before it."""
+    for i, part in enumerate(_SPECIALS_RE.split(text)):
+        yield part.strip() if i % 2 else part, bool(i % 2)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """sentencepiece with fairseq's ids: specials 0-3, piece p -> p + 1, `<mask>` last."""
+
+    kind = "sentencepiece"
+
+    def __init__(self, model_file):
+        import sentencepiece
+        self._file = pathlib.Path(model_file)
+        self._sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self._sp.Load(str(model_file))
+        except (OSError, RuntimeError) as e:
+            raise UserError(f"{model_file}: not a sentencepiece model ({e})") from None
+        self.bos_id, self.pad_id, self.eos_id, self.unk_id = 0, 1, 2, 3
+        # fairseq reserves ids 0-3 for <s> <pad> </s> <unk> and shifts every other piece by one.
+        self._offset = 1
+        self.mask_id = self._sp.GetPieceSize() + self._offset
+        self.vocab_size = self.mask_id + 1
+        self._special_to_id = {BOS: self.bos_id, PAD: self.pad_id, EOS: self.eos_id,
+                               UNK: self.unk_id, MASK: self.mask_id}
+        self._sp_specials = {self._sp.unk_id(): self.unk_id, self._sp.bos_id(): self.bos_id,
+                             self._sp.eos_id(): self.eos_id}
+
+    def _to_fairseq(self, piece: int) -> int:
+        return self._sp_specials.get(piece, piece + self._offset)
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for segment, is_special in _split_specials(text):
+            if is_special:
+                ids.append(self._special_to_id[segment])
+            elif segment:
+                ids += [self._to_fairseq(p) for p in self._sp.EncodeAsIds(segment)]
+        return ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        inverse = {v: k for k, v in self._sp_specials.items()}
+        pieces, out = [], []
+        for i in (int(i) for i in ids):
+            if i in self.special_ids:
+                if not skip_special_tokens:
+                    out.append(self._sp.DecodeIds(pieces))
+                    out.append(self.id_to_token(i))
+                    pieces = []
+                continue
+            pieces.append(inverse.get(i, i - self._offset))
+        out.append(self._sp.DecodeIds(pieces))
+        return "".join(out)
+
+    def id_to_token(self, i: int) -> str:
+        names = {self.bos_id: BOS, self.pad_id: PAD, self.eos_id: EOS, self.unk_id: UNK,
+                 self.mask_id: MASK}
+        return names.get(i) or self._sp.IdToPiece(i - self._offset)
+
+    def save(self, directory) -> None:
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / SPM_FILE).resolve() != self._file.resolve():
+            shutil.copyfile(self._file, directory / SPM_FILE)
+        _write_tokenizer_config(directory, "XLMRobertaTokenizer")
+
+
+def _write_tokenizer_config(directory: pathlib.Path, tokenizer_class: str) -> None:
+    # <mask> as a full AddedToken: transformers v5 no longer makes it swallow the space before it
+    # by default, but roberta-base's and xlm-roberta's published tokenizers do.
+    mask = {"__type": "AddedToken", "content": MASK, "lstrip": True, "rstrip": False,
+            "normalized": False, "single_word": False, "special": True}
+    config = {"tokenizer_class": tokenizer_class, "bos_token": BOS, "eos_token": EOS,
+              "unk_token": UNK, "sep_token": EOS, "cls_token": BOS, "pad_token": PAD,
+              "mask_token": mask, "model_max_length": 512}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n",
+                                                      encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ loading
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A sentencepiece `.model` file, or a directory with `sentencepiece.bpe.model`,
+    `tokenizer.json`, or `vocab.json` + `merges.txt` (tried in that order)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such tokenizer file or directory")
+    if path.is_file():
+        if path.suffix == ".model":
+            return SentencePieceTokenizer(path)
+        if path.name == "tokenizer.json":
+            return ByteLevelBPETokenizer.from_tokenizer_json(path)
+        raise UserError(f"{path}: not a tokenizer: give a sentencepiece .model file or a "
+                        "directory with vocab.json + merges.txt, tokenizer.json or "
+                        f"{SPM_FILE}")
+    if (path / SPM_FILE).is_file():
+        return SentencePieceTokenizer(path / SPM_FILE)
+    if (path / "tokenizer.json").is_file():
+        return ByteLevelBPETokenizer.from_tokenizer_json(path / "tokenizer.json")
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        return ByteLevelBPETokenizer.from_files(path / "vocab.json", path / "merges.txt")
+    raise UserError(f"{path}: no tokenizer files in this directory (looked for {SPM_FILE}, "
+                    "tokenizer.json, vocab.json + merges.txt)")

@@ -1,0 +1,516 @@
+"""The RoBERTa encoder and its task heads as pure flax linen modules.
+
+Parameter names mirror Hugging Face's PyTorch module tree (`roberta/encoder/layer/3/attention/
+self/query/kernel` is `roberta.encoder.layer.3.attention.self.query.weight` transposed), so
+conversion is a mechanical renaming. Every parameter carries logical axis names
+(`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`, `layers`) that sharding rules map onto a mesh;
+without a mesh they do nothing. No I/O, no training policy, no global state here.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from roberta_jax.config import RobertaConfig
+
+Dtype = Any
+
+ACTIVATION_FNS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+# Logical names of activations, constrained at block boundaries so the compiler keeps the layout
+# the sharding rules ask for.
+BATCH_LENGTH_EMBED = ("batch", "length", "embed")
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+@flax.struct.dataclass
+class BaseOutput:
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array | None = None
+
+
+@flax.struct.dataclass
+class MaskedLMOutput:
+    logits: jax.Array
+    last_hidden_state: jax.Array
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+    """Sequence classification [b, labels], token classification [b, l, labels] or multiple
+    choice [b, choices]."""
+    logits: jax.Array
+    last_hidden_state: jax.Array
+
+
+@flax.struct.dataclass
+class QuestionAnsweringOutput:
+    start_logits: jax.Array
+    end_logits: jax.Array
+    last_hidden_state: jax.Array
+
+
+# ---------------------------------------------------------------------------------- utilities
+
+def position_ids_from_input_ids(input_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """RoBERTa's positions: real tokens count up from pad_token_id + 1, pads sit at pad_token_id.
+
+    Derived from the ids (not 0..L-1), which is why the table has 514 rows for 512 tokens.
+    """
+    is_token = (input_ids != pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(is_token, axis=-1) * is_token + pad_token_id
+
+
+def _normal(config: RobertaConfig):
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def _dense(config, features, names, dtype, param_dtype, name):
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.with_logical_partitioning(_normal(config), names),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]),
+        name=name,
+    )
+
+
+def _layer_norm(config, dtype, param_dtype, name):
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        name=name,
+    )
+
+
+def _embedding_init(config: RobertaConfig, zero_row: int | None):
+    """Normal init, with the padding row zeroed as fairseq and Hugging Face do."""
+    base = _normal(config)
+
+    def init(key, shape, dtype=jnp.float32):
+        table = base(key, shape, dtype)
+        if zero_row is not None and zero_row < shape[0]:
+            table = table.at[zero_row].set(0)
+        return table
+
+    return init
+
+
+def _embed(config, num, names, zero_row, dtype, param_dtype, name):
+    return nn.Embed(
+        num,
+        config.hidden_size,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(_embedding_init(config, zero_row), names),
+        name=name,
+    )
+
+
+# ---------------------------------------------------------------------------------- the encoder
+
+class RobertaEmbeddings(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        c = self.config
+        self.word_embeddings = _embed(c, c.vocab_size, ("vocab", "embed"), c.pad_token_id,
+                                      self.dtype, self.param_dtype, "word_embeddings")
+        self.position_embeddings = _embed(c, c.max_position_embeddings, ("positions", "embed"),
+                                          c.pad_token_id, self.dtype, self.param_dtype,
+                                          "position_embeddings")
+        self.token_type_embeddings = _embed(c, c.type_vocab_size, ("token_types", "embed"), None,
+                                            self.dtype, self.param_dtype, "token_type_embeddings")
+        self.LayerNorm = _layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        x = (self.word_embeddings(input_ids)
+             + self.position_embeddings(position_ids)
+             + self.token_type_embeddings(token_type_ids))
+        x = self.LayerNorm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, hidden):
+        """Logits against the word embedding: the MLM decoder is tied to it."""
+        return self.word_embeddings.attend(hidden)
+
+
+class RobertaSelfAttention(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        c = self.config
+        heads, head_dim = c.num_attention_heads, c.head_dim
+
+        def project(name):
+            y = _dense(c, c.hidden_size, ("embed", "joined_kv"), self.dtype, self.param_dtype,
+                       name)(x)
+            return y.reshape(*y.shape[:-1], heads, head_dim)
+
+        query, key, value = project("query"), project("key"), project("value")
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * (head_dim ** -0.5)
+        # Softmax in fp32 whatever the compute dtype: bf16 scores lose the small probabilities.
+        probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)
+        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
+        return context.reshape(*context.shape[:-2], c.hidden_size)
+
+
+class RobertaAttention(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        c = self.config
+        context = RobertaSelfAttention(c, self.dtype, self.param_dtype, name="self")(
+            x, attention_bias, deterministic)
+        # Hugging Face nests the output projection and the post-attention LayerNorm under
+        # attention/output; the names follow so conversion stays a renaming.
+        return RobertaResidualOutput(c, ("joined_kv", "embed"), self.dtype, self.param_dtype,
+                                     name="output")(context, x, deterministic)
+
+
+class RobertaResidualOutput(nn.Module):
+    """Dense, dropout, residual add, LayerNorm: the tail of both sublayers (post-LN)."""
+    config: RobertaConfig
+    kernel_axes: tuple[str, str]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool):
+        c = self.config
+        y = _dense(c, c.hidden_size, self.kernel_axes, self.dtype, self.param_dtype, "dense")(x)
+        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
+        return _layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")(y + residual)
+
+
+class RobertaIntermediate(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        y = _dense(c, c.intermediate_size, ("embed", "mlp"), self.dtype, self.param_dtype,
+                   "dense")(x)
+        y = nn.with_logical_constraint(y, ("batch", "length", "mlp"))
+        return ACTIVATION_FNS[c.hidden_act](y)
+
+
+class RobertaLayer(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        c = self.config
+        x = RobertaAttention(c, self.dtype, self.param_dtype, name="attention")(
+            x, attention_bias, deterministic)
+        y = RobertaIntermediate(c, self.dtype, self.param_dtype, name="intermediate")(x)
+        x = RobertaResidualOutput(c, ("mlp", "embed"), self.dtype, self.param_dtype,
+                                  name="output")(y, x, deterministic)
+        return nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+
+
+class _ScannedLayer(RobertaLayer):
+    """RobertaLayer in the (carry, _) -> (carry, None) form nn.scan wants; same parameters."""
+
+    def __call__(self, x, attention_bias, deterministic: bool):
+        return super().__call__(x, attention_bias, deterministic), None
+
+
+class RobertaEncoder(nn.Module):
+    """The layer stack: a Python loop (params under layer/0, layer/1, ...) or, with scan_layers,
+    one nn.scan (every parameter stacked on a leading 'layers' axis under layer/) that compiles
+    one layer whatever the depth. remat_policy names a jax.checkpoint_policies entry, or "full"."""
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic: bool):
+        c = self.config
+        if self.scan_layers:
+            body = _ScannedLayer
+            if self.remat_policy:
+                body = nn.remat(body, policy=_checkpoint_policy(self.remat_policy),
+                                static_argnums=(3,), prevent_cse=False)
+            stack = nn.scan(
+                body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=c.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(c, self.dtype, self.param_dtype, name="layer")(
+                x, attention_bias, deterministic)
+            return x
+        layer_cls = RobertaLayer
+        if self.remat_policy:
+            layer_cls = nn.remat(RobertaLayer, policy=_checkpoint_policy(self.remat_policy),
+                                 static_argnums=(3,))
+        return _LayerList(layer_cls, c, self.dtype, self.param_dtype, name="layer")(
+            x, attention_bias, deterministic)
+
+
+class _LayerList(nn.Module):
+    """Holds layers named "0", "1", ... so the tree reads encoder/layer/i like Hugging Face's."""
+    layer_cls: Any
+    config: RobertaConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x, attention_bias, deterministic):
+        for i in range(self.config.num_hidden_layers):
+            x = self.layer_cls(self.config, self.dtype, self.param_dtype, name=str(i))(
+                x, attention_bias, deterministic)
+        return x
+
+
+def _checkpoint_policy(name: str):
+    if name == "full":
+        return None  # save nothing: recompute the whole layer in the backward pass
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        raise ValueError(f"unknown remat policy {name!r}: use 'full' or a "
+                         "jax.checkpoint_policies name such as 'dots_with_no_batch_dims_saveable'")
+    return policy
+
+
+class RobertaPooler(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden):
+        c = self.config
+        first = hidden[:, 0]
+        return jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
+                               "dense")(first))
+
+
+class RobertaModel(nn.Module):
+    """The bare encoder (Hugging Face's RobertaModel): embeddings, layers, optional pooler.
+    The task models wrap it under the name `roberta`."""
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    add_pooling_layer: bool = True
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    def setup(self):
+        c = self.config
+        self.embeddings = RobertaEmbeddings(c, self.dtype, self.param_dtype)
+        self.encoder = RobertaEncoder(c, self.dtype, self.param_dtype, self.scan_layers,
+                                      self.remat_policy)
+        if self.add_pooling_layer:
+            self.pooler = RobertaPooler(c, self.dtype, self.param_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        c = self.config
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
+        # Additive bias over keys, [b, 1, 1, k]; large-negative rather than -inf so a fully
+        # padded row gives a uniform softmax instead of NaN, as in Hugging Face.
+        attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                                   jnp.finfo(jnp.float32).min).astype(jnp.float32)
+        x = self.encoder(x, attention_bias, deterministic)
+        pooled = self.pooler(x) if self.add_pooling_layer else None
+        return BaseOutput(last_hidden_state=x, pooler_output=pooled)
+
+    def attend(self, hidden):
+        return self.embeddings.attend(hidden)
+
+
+# ------------------------------------------------------------------------------------- heads
+
+class _Head(nn.Module):
+    """Shared fields of the task models; `roberta` is the encoder under Hugging Face's name."""
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scan_layers: bool = False
+    remat_policy: str | None = None
+
+    def _encoder(self, add_pooling_layer: bool):
+        return RobertaModel(self.config, self.dtype, self.param_dtype, add_pooling_layer,
+                             self.scan_layers, self.remat_policy, name="roberta")
+
+    @property
+    def _classifier_dropout(self) -> float:
+        c = self.config
+        return c.hidden_dropout_prob if c.classifier_dropout is None else c.classifier_dropout
+
+
+class RobertaLMHead(nn.Module):
+    config: RobertaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, attend):
+        c = self.config
+        x = _dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(hidden)
+        x = ACTIVATION_FNS["gelu"](x)
+        x = _layer_norm(c, self.dtype, self.param_dtype, "layer_norm")(x)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                               ("vocab",)),
+                          (c.vocab_size,), self.param_dtype)
+        logits = attend(x) + bias.astype(self.dtype)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+class RobertaForMaskedLM(_Head):
+    """Masked LM. With `masked_positions` [b, p], logits are computed only at those positions
+    ([b, p, V]), as fairseq does in training; otherwise at every position ([b, l, V])."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 masked_positions=None, deterministic: bool = True):
+        roberta = self._encoder(add_pooling_layer=False)
+        hidden = roberta(input_ids, attention_mask, token_type_ids, position_ids,
+                         deterministic).last_hidden_state
+        selected = hidden
+        if masked_positions is not None:
+            selected = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
+        logits = RobertaLMHead(self.config, self.dtype, self.param_dtype, name="lm_head")(
+            selected, roberta.attend)
+        return MaskedLMOutput(logits=logits, last_hidden_state=hidden)
+
+
+class RobertaClassificationHead(nn.Module):
+    config: RobertaConfig
+    dropout_rate: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden, deterministic: bool):
+        c = self.config
+        x = hidden[:, 0]  # <s>; this head does not use the pooler
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
+                            "dense")(x))
+        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        return _dense(c, c.num_labels, ("mlp", "labels"), self.dtype, self.param_dtype,
+                      "out_proj")(x)
+
+
+class RobertaForSequenceClassification(_Head):
+    """Sentence (pair) classification, or regression when num_labels == 1 (STS-B)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        hidden = self._encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+        logits = RobertaClassificationHead(self.config, self._classifier_dropout, self.dtype,
+                                           self.param_dtype, name="classifier")(hidden,
+                                                                                deterministic)
+        return ClassifierOutput(logits=logits, last_hidden_state=hidden)
+
+
+class RobertaForTokenClassification(_Head):
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        c = self.config
+        hidden = self._encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+        x = nn.Dropout(self._classifier_dropout)(hidden, deterministic=deterministic)
+        logits = _dense(c, c.num_labels, ("embed", "labels"), self.dtype, self.param_dtype,
+                        "classifier")(x)
+        return ClassifierOutput(logits=logits, last_hidden_state=hidden)
+
+
+class RobertaForQuestionAnswering(_Head):
+    """Extractive QA: a start and an end logit per token (the config's two labels)."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        c = self.config
+        hidden = self._encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+        logits = _dense(c, c.num_labels, ("embed", "labels"), self.dtype, self.param_dtype,
+                        "qa_outputs")(hidden)
+        return QuestionAnsweringOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
+                                       last_hidden_state=hidden)
+
+
+class RobertaForMultipleChoice(_Head):
+    """Inputs are [batch, choices, length]; each choice is encoded on its own, scored from the
+    pooler output, and the logits come back as [batch, choices]."""
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                 deterministic: bool = True):
+        c = self.config
+        batch, choices, length = input_ids.shape
+
+        def flat(x):
+            return None if x is None else x.reshape(batch * choices, length)
+
+        out = self._encoder(add_pooling_layer=True)(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
+            deterministic)
+        x = nn.Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
+        scores = _dense(c, 1, ("embed", "labels"), self.dtype, self.param_dtype, "classifier")(x)
+        return ClassifierOutput(logits=scores.reshape(batch, choices),
+                                last_hidden_state=out.last_hidden_state.reshape(
+                                    batch, choices, length, -1))
+
+
+# Task name -> (module class, Hugging Face architecture name). One source of truth for both.
+TASKS: dict[str, tuple[type[nn.Module], str]] = {
+    "base": (RobertaModel, "RobertaModel"),
+    "masked-lm": (RobertaForMaskedLM, "RobertaForMaskedLM"),
+    "sequence-classification": (RobertaForSequenceClassification,
+                                "RobertaForSequenceClassification"),
+    "token-classification": (RobertaForTokenClassification, "RobertaForTokenClassification"),
+    "question-answering": (RobertaForQuestionAnswering, "RobertaForQuestionAnswering"),
+    "multiple-choice": (RobertaForMultipleChoice, "RobertaForMultipleChoice"),
+}
