@@ -19,6 +19,31 @@ def _convert(args) -> None:
     print(f"wrote {out}")
 
 
+def _train_tokenizer(args) -> None:
+    from roberta_jax.data.train_tokenizer import train_tokenizer
+    train_tokenizer(args.input, args.vocab_size, args.output, kind=args.type,
+                    doc_format=args.format, text_field=args.text_field,
+                    max_sentences=args.max_sentences, spm_model_type=args.spm_model_type,
+                    character_coverage=args.character_coverage, byte_fallback=args.byte_fallback)
+
+
+def _prepare(args) -> None:
+    from roberta_jax.data.prepare import prepare
+    prepare(args.input, args.tokenizer, args.output, doc_format=args.format,
+            text_field=args.text_field, tfds_data_dir=args.tfds_data_dir,
+            tfds_split=args.tfds_split, workers=args.workers)
+
+
+def _add_input_flags(p) -> None:
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
+                   help="text, .jsonl or .gz files, globs, or tfds:NAME (e.g. "
+                   "tfds:wikipedia/20230601.en)")
+    p.add_argument("--format", choices=("lines", "paragraphs"), default="lines",
+                   help="text files: one document per line, or documents separated by blank "
+                   "lines (default: lines)")
+    p.add_argument("--text-field", default="text", help="jsonl / tfds field holding the text")
+
+
 def _parity(args) -> None:
     from roberta_jax.parity import check
     tolerance = 1e-5
@@ -46,6 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "source's own)")
     p.add_argument("--head", help="fairseq classification head to export, when it has several")
     p.set_defaults(run=_convert)
+
+    p = commands.add_parser("train-tokenizer", help="train a sentencepiece (XLM-R layout) or "
+                            "byte-level BPE (roberta-base layout) tokenizer on a corpus")
+    _add_input_flags(p)
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="ids in all, specials and <mask> included")
+    p.add_argument("--output", required=True, help="new directory for the tokenizer files")
+    p.add_argument("--type", choices=("sentencepiece", "bpe"), default="sentencepiece")
+    p.add_argument("--max-sentences", type=int, default=5_000_000,
+                   help="train on at most this many sentences (the first ones)")
+    p.add_argument("--spm-model-type", choices=("unigram", "bpe"), default="unigram")
+    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--byte-fallback", action="store_true",
+                   help="sentencepiece: spell unseen characters as bytes instead of <unk>")
+    p.set_defaults(run=_train_tokenizer)
+
+    p = commands.add_parser("prepare", help="tokenize a corpus into shards for pretraining")
+    _add_input_flags(p)
+    p.add_argument("--tokenizer", required=True,
+                   help="sentencepiece .model, or a directory with vocab.json + merges.txt, "
+                   "tokenizer.json or sentencepiece.bpe.model")
+    p.add_argument("--output", required=True, help="directory for the shards (re-run to resume)")
+    p.add_argument("--tfds-data-dir", help="data_dir of prepared tfds datasets")
+    p.add_argument("--tfds-split", default="train")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.set_defaults(run=_prepare)
 
     p = commands.add_parser(
         "parity", help="check every head against transformers' PyTorch RoBERTa on random weights")

@@ -116,3 +116,46 @@ def test_convert_succeeds_and_says_where(tmp_path, capsys):
     assert str(tmp_path / "out") in capsys.readouterr().out
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == ["RobertaModel"]
+
+
+DATA_CASES = {
+    "prepare: missing input": (["prepare", "--input", "{tmp}/nope.txt", "--tokenizer", "{tmp}/tok",
+                                "--output", "{tmp}/out"], "nope.txt: no such file"),
+    "prepare: binary input": (["prepare", "--input", "{tmp}/bin.dat", "--tokenizer", "{tmp}/tok",
+                               "--output", "{tmp}/out"], "binary"),
+    "prepare: empty corpus": (["prepare", "--input", "{tmp}/empty.txt", "--tokenizer",
+                               "{tmp}/tok", "--output", "{tmp}/out", "--workers", "1"],
+                              "empty corpus"),
+    "prepare: not a tokenizer": (["prepare", "--input", "{tmp}/text.txt", "--tokenizer",
+                                  "{tmp}/text.txt", "--output", "{tmp}/out"], "not a tokenizer"),
+    "train-tokenizer: non-UTF-8 only": (["train-tokenizer", "--input", "{tmp}/latin1.txt",
+                                         "--vocab-size", "100", "--output", "{tmp}/out"],
+                                        "empty corpus"),
+}
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    import argparse
+    text = "\n".join(" ".join(str(getattr(obj, "__doc__", "")).split())
+                     for obj in vars(argparse).values()) + "\n"
+    (tmp_path / "text.txt").write_text(text)
+    (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "bin.dat").write_bytes(bytes(range(256)) * 10)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1") * 5)
+    assert main(["train-tokenizer", "--input", str(tmp_path / "text.txt"), "--vocab-size", "200",
+                 "--output", str(tmp_path / "tok")]) == 0
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_data_commands_bad_input_one_line_and_nothing_written(data_files, capsys, case):
+    argv, expected = DATA_CASES[case]
+    argv = [a.format(tmp=data_files) for a in argv]
+    capsys.readouterr()
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if not line.startswith(("prepare:", "WARNING"))]  # progress bars and tf chatter
+    assert code != 0
+    assert len(err) == 1 and expected in err[0], err
+    assert not (data_files / "out" / "manifest.json").exists()

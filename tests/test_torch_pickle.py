@@ -130,7 +130,7 @@ def test_fairseq_style_checkpoint_exposes_args_and_extra_state(tmp_path, fmt):
     assert misc["set"] == {1, 2} and misc["frozen"] == frozenset({"a"}) and misc["tuple"] == (1, "x")
     assert misc["bytes"] == b"\x00" and misc["complex"] == 1 + 2j
     assert misc["np_scalar"] == np.float32(1.5) and misc["np_scalar"].dtype == np.float32
-    assert misc["np_int"] == 7 and misc["size"] == (2, 3) and misc["dtype"] == np.float16
+    assert misc["np_int"] == 7 and misc["size"] == (2, 3) and misc["dtype"] == "torch.float16"
     assert_same(loaded["model"]["encoder.sentence_encoder.embed_tokens.weight"],
                 ckpt["model"]["encoder.sentence_encoder.embed_tokens.weight"])
 
@@ -250,3 +250,65 @@ def test_zip_checkpoint_from_an_in_memory_save_loads(tmp_path):
     path = tmp_path / "renamed.bin"
     path.write_bytes(buffer.getvalue())
     assert_same(load_torch_checkpoint(path)["w"], torch.ones(3))
+
+
+def _global(module, name):
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def _unicode(text):
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+
+@pytest.mark.parametrize("target", [
+    _global("argparse", "Namespace"),
+    _global("torch", "bfloat16"),
+    _global("torch", "FloatStorage"),
+    _global("torch._utils", "_rebuild_tensor_v2"),
+    _global("typing", "Any"),
+    _global("omegaconf.dictconfig", "DictConfig"),
+])
+def test_a_pickle_cannot_patch_allow_listed_objects_for_later_loads(tmp_path, target):
+    # PROTO 2, <target>, BUILD with slot state {"__defaults__": (True, True, True)}, STOP
+    evil = (b"\x80\x02" + target + b"N}" + _unicode("__defaults__") + b"(\x88\x88\x88ts\x86b.")
+    path = tmp_path / "patch.pt"
+    path.write_bytes(evil)
+    with pytest.raises(UserError, match=r"patch\.pt: "):
+        load_torch_checkpoint(path)
+    assert "__defaults__" not in vars(argparse.Namespace)
+    sd = {"w": torch.ones(2, dtype=torch.bfloat16), "args": argparse.Namespace(a=1)}
+    loaded = load_torch_checkpoint(save(sd, tmp_path / "after.pt", "zip"))
+    assert_same(loaded["w"], sd["w"])
+    assert loaded["args"].a == 1
+
+
+@pytest.mark.parametrize("spec", ["bfloat16", "f4"])
+def test_a_pickle_cannot_corrupt_numpy_dtypes_for_the_process(tmp_path, spec):
+    # numpy.dtype(spec, False, False) returns numpy's shared singleton; a BUILD on it with this
+    # state turns bfloat16 into ">V-1" (itemsize -1) for the whole process under plain pickle.
+    evil = (b"\x80\x02" + _global("numpy", "dtype") + _unicode(spec) + b"\x89\x89\x87R"
+            + b"(K\x03" + _unicode(">") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+    path = tmp_path / "dtype.pt"
+    path.write_bytes(evil)
+    with pytest.raises(UserError):
+        load_torch_checkpoint(path)
+    assert np.dtype(ml_dtypes.bfloat16).itemsize == 2
+    assert np.dtype("f4").byteorder == "="
+
+
+def test_legacy_checkpoint_saved_from_gpu_loads(tmp_path):
+    # Old fairseq checkpoints name torch.cuda storages; the GLOBAL opcode is newline-delimited.
+    path = save({"w": torch.arange(5, dtype=torch.float32)}, tmp_path / "cpu.pt", "legacy")
+    gpu = tmp_path / "gpu.pt"
+    data = path.read_bytes()
+    assert b"ctorch\nFloatStorage\n" in data
+    gpu.write_bytes(data.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n"))
+    assert_same(load_torch_checkpoint(gpu)["w"], torch.arange(5, dtype=torch.float32))
+
+
+def test_to_plain_refuses_cyclic_data_with_a_user_error():
+    loop = []
+    loop.append(loop)
+    with pytest.raises(UserError, match="refers to itself"):
+        to_plain({"cfg": loop})

@@ -114,10 +114,12 @@ def _file_units(path: pathlib.Path, doc_format: str, unit_bytes: int) -> list[Un
 
 def _tfds_units(spec: str, data_dir: str | None, split: str) -> list[Unit]:
     name = spec[len(TFDS_PREFIX):]
-    builder = _tfds_builder(name, data_dir)
-    if split not in builder.info.splits:
-        raise UserError(f"{spec}: has no split {split!r} (it has {', '.join(builder.info.splits)})")
-    parts = max(1, min(os.cpu_count() or 1, builder.info.splits[split].num_shards or 1))
+    splits = _tfds_builder(name, data_dir).info.splits
+    if not splits:  # not prepared (or mocked): one unit, and tfds.load says what is wrong
+        return [Unit(spec, 0, 1, split, data_dir)]
+    if split not in splits:
+        raise UserError(f"{spec}: has no split {split!r} (it has {', '.join(splits)})")
+    parts = max(1, min(os.cpu_count() or 1, splits[split].num_shards or 1))
     return [Unit(spec, i, parts, split, data_dir) for i in range(parts)]
 
 
@@ -131,9 +133,6 @@ def _tfds_builder(name: str, data_dir: str | None):
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # tfds raises several unrelated types for unknown names
         raise UserError(f"tfds:{name}: unknown dataset ({str(e).splitlines()[0]})") from None
-    if not builder.is_prepared():
-        raise UserError(f"tfds:{name}: not prepared under {data_dir or builder.data_dir}; "
-                        "download and prepare it first (tfds build), or pass --tfds-data-dir")
     return builder
 
 
@@ -216,7 +215,11 @@ def _read_tfds(unit: Unit, text_field: str, problems: Problems) -> Iterator[list
     import tensorflow_datasets as tfds
     name = unit.source[len(TFDS_PREFIX):]
     split = tfds.even_splits(unit.split, n=unit.end)[unit.start]
-    dataset = tfds.load(name, split=split, data_dir=unit.data_dir, download=False)
+    try:
+        dataset = tfds.load(name, split=split, data_dir=unit.data_dir, download=False)
+    except Exception as e:  # tfds reports a missing dataset with assorted exception types
+        raise UserError(f"{unit.source}: cannot load ({str(e).splitlines()[0]}); prepare it "
+                        "first (tfds build) or pass --tfds-data-dir") from None
     for number, example in enumerate(tfds.as_numpy(dataset)):
         if text_field not in example:
             raise UserError(f"{unit.source}: examples have no {text_field!r} feature (they have "

@@ -80,6 +80,15 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str:
         raise NotImplementedError
 
+    word_prefix: str  # how a piece that begins a word is marked
+
+    def word_starts(self) -> np.ndarray:
+        """bool [vocab]: the token begins a word (whole-word masking); specials count as words."""
+        starts = np.array([self.id_to_token(i).startswith(self.word_prefix)
+                           for i in range(self.vocab_size)])
+        starts[list(self.special_ids)] = True
+        return starts
+
 
 def truncate(ids_a, ids_b, budget: int, strategy: str):
     """Cut a sentence (pair) to `budget` content tokens; longest_first trims the longer one."""
@@ -127,6 +136,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     """GPT-2 byte-level BPE as roberta-base uses it, on the `tokenizers` library."""
 
     kind = "bpe"
+    word_prefix = "\u0120"  # byte-level BPE's visible space
 
     def __init__(self, backend, source: str):
         self._tok = backend
@@ -212,6 +222,7 @@ class SentencePieceTokenizer(Tokenizer):
     """sentencepiece with fairseq's ids: specials 0-3, piece p -> p + 1, `<mask>` last."""
 
     kind = "sentencepiece"
+    word_prefix = "\u2581"
 
     def __init__(self, model_file):
         import sentencepiece

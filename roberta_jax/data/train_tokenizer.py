@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import pathlib
+import re
 import tempfile
 
 from roberta_jax.data.corpus import list_units, read_unit
@@ -81,8 +82,12 @@ def _train_sentencepiece(sentences, vocab_size, staging, model_type, coverage, b
     except RuntimeError as e:
         if counted.count == 0:
             raise UserError("empty corpus: no text to train a tokenizer on") from None
-        raise UserError(f"sentencepiece training failed: {str(e).strip().splitlines()[-1]} "
-                        "(a smaller --vocab-size may fit this corpus)") from None
+        limit = re.search(r"value <= (\d+)", str(e))
+        if limit:
+            raise UserError(f"--vocab-size {vocab_size} is too large for this corpus; it "
+                            f"supports at most {int(limit.group(1)) + 2}") from None
+        raise UserError(f"sentencepiece training failed: {str(e).strip().splitlines()[-1]}") \
+            from None
     os.replace(staging / "spm.model", staging / SPM_FILE)
     (staging / "spm.vocab").unlink()
     load_tokenizer(staging / SPM_FILE).save(staging)

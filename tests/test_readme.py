@@ -1,0 +1,25 @@
+"""README.md's Python example runs as written (on a local directory built here)."""
+
+import pathlib
+import re
+
+import pytest
+
+from conftest import make_hf_model
+from roberta_jax.data.train_tokenizer import train_tokenizer
+
+README = pathlib.Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_example_runs_offline(tmp_path, capsys):
+    import argparse
+    text = "\n".join(" ".join(str(getattr(o, "__doc__", "")).split()) for o in vars(argparse).values())
+    (tmp_path / "corpus.txt").write_text(text)
+    model_dir = tmp_path / "roberta-base"
+    tokenizer = train_tokenizer([str(tmp_path / "corpus.txt")], 400, str(model_dir), kind="bpe")
+    make_hf_model("base", vocab_size=tokenizer.vocab_size, hidden_size=24).save_pretrained(model_dir)
+
+    block = re.search(r"```python\n(import roberta_jax as rj\n.*?)```", README.read_text(), re.S)
+    code = block.group(1).replace("path/to/roberta-base", str(model_dir))
+    exec(compile(code, "README.md", "exec"), {})
+    assert "(1, 16, 24)" in capsys.readouterr().out
