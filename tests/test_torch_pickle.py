@@ -312,3 +312,41 @@ def test_to_plain_refuses_cyclic_data_with_a_user_error():
     loop.append(loop)
     with pytest.raises(UserError, match="refers to itself"):
         to_plain({"cfg": loop})
+
+
+def test_legacy_storage_views_from_old_torch_map_onto_their_root_storage(tmp_path):
+    # torch < 1.0 could save storage views: ids carry (view_key, offset, numel) of a root storage.
+    # Modern torch never writes them, so build such a stream by hand in the legacy layout.
+    class Ref:
+        def __init__(self, view):
+            self.view = view
+
+    class Tensor:
+        def __init__(self, ref, offset, size, stride):
+            self.args = (ref, offset, size, stride, False, collections.OrderedDict())
+
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, self.args)
+
+    class LegacyPickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, Ref):
+                return ("storage", torch.FloatStorage, "root", "cpu", 6, obj.view)
+            return None
+
+    values = np.arange(6, dtype="<f4")
+    out = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    LegacyPickler(out, protocol=2).dump({
+        "whole": Tensor(Ref(None), 0, (2, 3), (3, 1)),
+        "view": Tensor(Ref(("view1", 2, 3)), 1, (2,), (1,)),  # elements 3 and 4 of the root
+    })
+    pickle.dump(["root"], out, protocol=2)
+    out.write((6).to_bytes(8, "little") + values.tobytes())
+    path = tmp_path / "old.pt"
+    path.write_bytes(out.getvalue())
+
+    loaded = load_torch_checkpoint(path)
+    np.testing.assert_array_equal(loaded["whole"], values.reshape(2, 3))
+    np.testing.assert_array_equal(loaded["view"], values[3:5])

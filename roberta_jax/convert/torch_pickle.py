@@ -1,4 +1,4 @@
-"""Read PyTorch checkpoints (`pytorch_model.bin`, fairseq `model.pt`) without torch and without running code.
+"""Read PyTorch checkpoints (`pytorch_model.bin`, fairseq `model.pt`) without torch or running code.
 
 `torch.load` is `pickle.load`, and a pickle can call any importable function. This reader unpickles
 with an explicit allow-list of globals; anything else raises `UnsafeFileError` before it is called.
