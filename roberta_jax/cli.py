@@ -44,6 +44,18 @@ def _add_input_flags(p) -> None:
     p.add_argument("--text-field", default="text", help="jsonl / tfds field holding the text")
 
 
+def _pretrain(args) -> None:
+    from roberta_jax.train import pretrain
+    from roberta_jax.train_config import load_config
+    config = load_config(args.config, args.overrides)
+    pretrain(config, args.workdir)
+
+
+def _export(args) -> None:
+    from roberta_jax.export import export_workdir
+    export_workdir(args.workdir, args.output, step=args.step)
+
+
 def _parity(args) -> None:
     from roberta_jax.parity import check
     tolerance = 1e-5
@@ -99,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser(
+        "pretrain", help="pretrain (or resume) a RoBERTa on a prepared corpus",
+        epilog="Override any config field with --config.SECTION.FIELD=VALUE, e.g. "
+        "--config.train.steps=1000 --config.data.path=prepared/")
+    p.add_argument("--config", required=True, help="a configs/*.py file")
+    p.add_argument("--workdir", required=True,
+                   help="checkpoints, metrics and plots; re-run to resume")
+    p.set_defaults(run=_pretrain, overrides_allowed=True)
+
+    p = commands.add_parser("export", help="a pretraining workdir -> a Hugging Face directory")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--output", required=True, help="new directory")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser(
         "parity", help="check every head against transformers' PyTorch RoBERTa on random weights")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_parity)
@@ -118,7 +145,12 @@ def _log_to_stderr() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a for a in extra if a.startswith("--config.")]
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown or (overrides and not getattr(args, "overrides_allowed", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
+    args.overrides = overrides
     _log_to_stderr()
     try:
         args.run(args)

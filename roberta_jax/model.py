@@ -145,15 +145,22 @@ class RobertaEmbeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
-        x = (self.word_embeddings(input_ids)
-             + self.position_embeddings(position_ids)
-             + self.token_type_embeddings(token_type_ids))
+        def lookup(table, ids):
+            return nn.with_logical_constraint(table(ids), BATCH_LENGTH_EMBED)
+        x = (lookup(self.word_embeddings, input_ids)
+             + lookup(self.position_embeddings, position_ids)
+             + lookup(self.token_type_embeddings, token_type_ids))
         x = self.LayerNorm(x)
         return self.dropout(x, deterministic=deterministic)
 
     def attend(self, hidden):
         """Logits against the word embedding: the MLM decoder is tied to it."""
-        return self.word_embeddings.attend(hidden)
+        table = self.word_embeddings.embedding
+        # Gather the table's FSDP shards first, as FSDP does for any weight it uses: left to
+        # itself, XLA's partitioner produced wrong gradients for this product on a
+        # data x fsdp x tensor mesh (jax 0.10), while the forward pass was right.
+        table = nn.with_logical_constraint(table, ("vocab", None))
+        return jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), table.astype(self.dtype))
 
 
 class RobertaSelfAttention(nn.Module):
@@ -399,7 +406,7 @@ class RobertaLMHead(nn.Module):
                                                                ("vocab",)),
                           (c.vocab_size,), self.param_dtype)
         logits = attend(x) + bias.astype(self.dtype)
-        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return logits
 
 
 class RobertaForMaskedLM(_Head):

@@ -3,14 +3,20 @@
 import os
 
 # Tests run on the CPU with tiny models: skip XLA's heavier passes, compile time dominates there.
+# Set through the environment so the subprocesses that tests start compile the same way (and so
+# compute bit-identical results).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+# Eight CPU devices stand in for a pod slice in the sharding tests (set before jax is imported).
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from roberta_jax import parity  # noqa: E402
 
-jax.config.update("jax_disable_most_optimizations", True)
+assert jax.config.read("jax_disable_most_optimizations")
 
 HF_CLASSES = parity.HF_CLASSES
 hf_outputs = parity.hf_outputs
@@ -36,3 +42,36 @@ def batch_for(task, config_name="odd", seed=0):
     config = HF_CONFIGS[config_name]
     return parity.padded_batch(config["vocab_size"], length=min(9, config["max_position_embeddings"] - 2),
                                choices=3 if task == "multiple-choice" else None, seed=seed)
+
+
+def stdlib_documents():
+    """Real English with no download: docstrings of standard-library modules, one document each
+    (paragraphs as sentences)."""
+    import argparse, asyncio, collections, email, json, logging, pathlib  # noqa: E401
+    import unittest, http.client, typing, inspect, functools, textwrap  # noqa: E401
+    docs = []
+    for module in (argparse, asyncio, collections, email, json, logging, pathlib, unittest,
+                   http.client, typing, inspect, functools, textwrap):
+        for obj in vars(module).values():
+            doc = getattr(obj, "__doc__", None)
+            if isinstance(doc, str) and len(doc) > 40:
+                docs.append([" ".join(p.split()) for p in doc.split("\n\n") if p.strip()])
+    unique = {tuple(d): None for d in docs}
+    return [list(d) for d in unique]
+
+
+@pytest.fixture(scope="session")
+def prepared_corpus(tmp_path_factory):
+    """(train dir, held-out dir, tokenizer dir): stdlib docstrings, a 1000-id sentencepiece."""
+    from roberta_jax.data import prepare, train_tokenizer
+    root = tmp_path_factory.mktemp("corpus")
+    docs = stdlib_documents()
+    held_out = docs[::10]
+    train = [d for i, d in enumerate(docs) if i % 10]
+    for name, part in (("train", train), ("held_out", held_out)):
+        (root / f"{name}.txt").write_text("\n\n".join("\n".join(d) for d in part) + "\n")
+    train_tokenizer([str(root / "train.txt")], 1000, str(root / "tokenizer"))
+    for name in ("train", "held_out"):
+        prepare([str(root / f"{name}.txt")], str(root / "tokenizer"), str(root / f"{name}_prepared"),
+                doc_format="paragraphs", workers=1, progress=False)
+    return root / "train_prepared", root / "held_out_prepared", root / "tokenizer"

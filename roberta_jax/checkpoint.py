@@ -1,0 +1,100 @@
+"""Checkpoints: orbax, sharded and asynchronous, restored onto whatever mesh is current.
+
+A checkpoint holds the train state (params, optimizer state, step, dropout key) and a JSON
+`meta` item (config, real vocabulary size, mesh shape, git revision). The data position is the
+step itself: batches are a pure function of it. Restoring always goes through abstract targets
+that carry the current shardings, so a checkpoint moves to another mesh or process count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import subprocess
+
+import jax
+import orbax.checkpoint as ocp
+
+from roberta_jax.errors import UserError
+
+log = logging.getLogger("roberta_jax")
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=pathlib.Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Checkpointer:
+    """Save / restore the train state of one workdir."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3,
+                 keep_period: int | None = None, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, keep_period=keep_period or None,
+            enable_async_checkpointing=async_save, create=True)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                                 item_names=("state", "meta"))
+        except OSError as e:
+            raise UserError(f"{self.directory}: cannot use as a checkpoint directory "
+                            f"({e.strerror or e})") from None
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, meta: dict, force: bool = False) -> bool:
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+
+    def restore(self, abstract_state, step: int | None = None):
+        """-> (state, meta, step) of `step` or of the newest checkpoint that reads back whole.
+
+        A checkpoint that fails to restore (cut short, half written, bad metadata) is skipped
+        with a warning naming what was wrong; older ones are tried in turn. None if there is none.
+        """
+        candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
+        for candidate in candidates:
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # orbax and tensorstore raise many types for damaged files
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                log.warning("checkpoint %d in %s is unreadable (%s); trying an older one",
+                            candidate, self.directory, reason[:300])
+                continue
+            return restored.state, restored.meta, candidate
+        if candidates:
+            raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps "
+                            f"{candidates}); move the directory aside to start afresh")
+        return None
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process once any of them got a preemption notice (multi-host)."""
+        return self.manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs carrying `shardings`: the target orbax restores into."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        tree, shardings)

@@ -1,0 +1,536 @@
+"""Pretraining: one linear loop, read top to bottom.
+
+    setup (processes, mesh) -> input -> model and optimizer -> state (restore or init, sharded)
+    -> step -> loop (metrics, evaluation, checkpoints, preemption) -> final save and report
+
+Run it with `roberta-jax pretrain --config configs/base.py --workdir W`; re-running the same
+command resumes from the newest checkpoint in W.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from roberta_jax import sharding as shd
+from roberta_jax.checkpoint import Checkpointer, abstract_like, git_revision
+from roberta_jax.config import RobertaConfig
+from roberta_jax.data.pipeline import PretrainingBatches, check_compatible
+from roberta_jax.errors import UserError
+from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
+from roberta_jax.model import RobertaForMaskedLM
+from roberta_jax.optim import learning_rate_schedule, make_optimizer
+from roberta_jax.train_config import STATE_DEFINING, get
+
+log = logging.getLogger("roberta_jax")
+LN2 = math.log(2.0)
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array            # completed optimizer steps; also the data position
+    params: dict
+    opt_state: optax.OptState
+    dropout_key: jax.Array     # raw key data; step keys are folded in from it
+    loss_mean: jax.Array       # running loss statistics for the spike guard
+    loss_sq_mean: jax.Array
+
+
+# =============================================================================== setup
+
+def initialize_distributed(dist) -> None:
+    """One process per host: explicit coordinator flags, or what the cluster tells JAX."""
+    if dist.coordinator_address:
+        # Only the CPU backend reads this: cross-process CPU collectives (local multi-host runs).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(dist.coordinator_address, dist.num_processes,
+                                   dist.process_id)
+    elif _in_multihost_cluster():
+        jax.distributed.initialize()
+
+
+def _in_multihost_cluster() -> bool:
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+    return slurm or tpu_pod or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+
+
+def model_config(config, vocab_size: int) -> RobertaConfig:
+    """The architecture trained: the config's, with the vocabulary padded for even sharding."""
+    m = config.model
+    real = vocab_size if m.vocab_size == -1 else m.vocab_size
+    if real < vocab_size:
+        raise UserError(f"model.vocab_size {real} is smaller than the data's tokenizer "
+                        f"({vocab_size} ids)")
+    padded = -(-real // m.vocab_multiple) * m.vocab_multiple
+    return RobertaConfig(
+        vocab_size=padded, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
+        hidden_act=m.hidden_act, hidden_dropout_prob=m.hidden_dropout_prob,
+        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+        max_position_embeddings=m.max_position_embeddings, layer_norm_eps=m.layer_norm_eps)
+
+
+def check_workdir_config(workdir: pathlib.Path, config) -> None:
+    """Remember the config in the workdir; refuse a later run that changes the state's shape."""
+    saved = workdir / "config.json"
+    current = json.loads(config.to_json())
+    if jax.process_index() == 0 and not saved.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(current, indent=2) + "\n")
+        return
+    if not saved.exists():
+        return
+    previous = json.loads(saved.read_text())
+    changed = [k for k in STATE_DEFINING if _dig(previous, k) != _dig(current, k)]
+    if changed:
+        k = changed[0]
+        raise UserError(f"{workdir}: was started with {k}={_dig(previous, k)!r}, this config has "
+                        f"{_dig(current, k)!r}; use a new --workdir (or the same config)")
+
+
+def _dig(tree: dict, dotted: str):
+    for name in dotted.split("."):
+        tree = tree.get(name, {}) if isinstance(tree, dict) else None
+    return tree
+
+
+# =============================================================================== step
+
+def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
+    """The jittable train and eval steps (before sharding is attached)."""
+    train = config.train
+    vocab = model.config.vocab_size
+    # Padded vocabulary rows never win the softmax: their logits get a large negative bias.
+    vocab_bias = jnp.where(jnp.arange(vocab) < real_vocab, 0.0, -1e9).astype(jnp.float32)
+
+    def mlm_sums(params, batch, dropout_key, deterministic):
+        out = model.apply({"params": params}, batch["input_ids"],
+                          attention_mask=batch["attention_mask"],
+                          masked_positions=batch["masked_positions"],
+                          deterministic=deterministic,
+                          rngs=None if deterministic else {"dropout": dropout_key})
+        logits = out.logits.astype(jnp.float32) + vocab_bias
+        labels, weights = batch["masked_labels"], batch["masked_weights"]
+        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1)[..., 0]
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return jnp.sum(nll * weights), jnp.sum(correct * weights)
+
+    def train_step(state: TrainState, batch):
+        # The loss is normalised by the predicted tokens of the whole global batch, so
+        # accumulating micro-batches gives the same gradient as one big batch.
+        total = jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+
+        def micro_loss(params, micro, key):
+            loss_sum, correct = mlm_sums(params, micro, key, deterministic=False)
+            return loss_sum / total, correct
+
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+        if train.grad_accum == 1:
+            (loss, correct), grads = grad_fn(state.params, batch, step_key)
+        else:
+            micros = jax.tree.map(
+                lambda x: x.reshape(train.grad_accum, -1, *x.shape[1:]), batch)
+
+            def accumulate(carry, inputs):
+                index, micro = inputs
+                (l, c), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
+                return jax.tree.map(jnp.add, carry, (l, c, g)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, correct, grads), _ = jax.lax.scan(
+                accumulate, zeros, (jnp.arange(train.grad_accum), micros))
+
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        std = jnp.sqrt(jnp.maximum(state.loss_sq_mean - state.loss_mean ** 2, 0.0))
+        spike = ((train.spike_threshold > 0) & (state.step >= 100)
+                 & (loss > state.loss_mean + train.spike_threshold * std))
+        apply = finite & ~spike
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+        decay = jnp.where(state.step == 0, 0.0, 0.99)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            loss_mean=jnp.where(apply, decay * state.loss_mean + (1 - decay) * loss,
+                                state.loss_mean),
+            loss_sq_mean=jnp.where(apply, decay * state.loss_sq_mean + (1 - decay) * loss ** 2,
+                                   state.loss_sq_mean))
+        metrics = {"loss": loss, "accuracy": correct / total, "grad_norm": grad_norm,
+                   "learning_rate": learning_rate_schedule(train)(state.step),
+                   "skipped_nonfinite": (~finite).astype(jnp.int32),
+                   "skipped_spike": (finite & spike).astype(jnp.int32)}
+        return new_state, metrics
+
+    def eval_step(params, batch):
+        loss_sum, correct = mlm_sums(params, batch, None, deterministic=True)
+        return {"loss_sum": loss_sum, "correct": correct,
+                "weight": jnp.sum(batch["masked_weights"])}
+
+    return train_step, eval_step
+
+
+# =============================================================================== state
+
+def build_state(config, mesh, model: RobertaForMaskedLM, tx, example_batch):
+    """-> (init function, abstract state with shardings, shardings): parameters and optimizer
+    state are created directly in their sharded layout."""
+    rng = jax.random.key(config.train.seed)
+    params_key, dropout_key = jax.random.split(rng)
+
+    def init(key):
+        boxed = model.init({"params": key}, example_batch["input_ids"],
+                           attention_mask=example_batch["attention_mask"],
+                           masked_positions=example_batch["masked_positions"])["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
+                          opt_state=tx.init(boxed),
+                          dropout_key=jax.random.key_data(dropout_key),
+                          loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
+
+    boxed_abstract = jax.eval_shape(init, params_key)
+    shardings = shd.logical_shardings(boxed_abstract, mesh)
+    abstract = abstract_like(strip_boxes(boxed_abstract), shardings)
+    init_sharded = jax.jit(lambda: nn.meta.unbox(init(params_key)), out_shardings=shardings)
+    return init_sharded, abstract, shardings
+
+
+def restore_or_init(checkpointer: Checkpointer, config, init_sharded, abstract, shardings,
+                    model_cfg: RobertaConfig):
+    """Latest checkpoint of this workdir -> weights from model.init_from -> fresh init."""
+    restored = checkpointer.restore(abstract)
+    if restored is not None:
+        state, _, step = restored
+        log.info("resumed from step %d in %s", step, checkpointer.directory)
+        return state
+    state = init_sharded()
+    if config.model.init_from:
+        state = state.replace(params=_load_init_params(
+            config.model.init_from, model_cfg, config.model.scan_layers, shardings.params))
+        log.info("initialised weights from %s", config.model.init_from)
+    return state
+
+
+def _load_init_params(path, model_cfg: RobertaConfig, scan_layers: bool, param_shardings):
+    """Encoder and LM head from an existing checkpoint, padded to the training vocabulary."""
+    from roberta_jax.convert.params import params_from_hf_state, stack_layers
+    from roberta_jax.pretrained import read_checkpoint
+    config, state, _, _ = read_checkpoint(path)
+    rows = state.get("roberta.embeddings.word_embeddings.weight")
+    if rows is None or rows.shape[0] > model_cfg.vocab_size:
+        raise UserError(f"{path}: its vocabulary does not fit this model's ({model_cfg.vocab_size})")
+    for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):
+        if key in state:
+            pad = [(0, model_cfg.vocab_size - state[key].shape[0])] + [(0, 0)] * (state[key].ndim - 1)
+            state[key] = np.pad(state[key], pad)
+    params = params_from_hf_state(state, model_cfg, "masked-lm", source=str(path))
+    if scan_layers:
+        params = stack_layers(params)
+    return jax.device_put(params, param_shardings)
+
+
+def strip_boxes(tree):
+    """The values inside flax's partitioning boxes, without applying their constraints (which
+    only make sense inside jit)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                        if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+# =============================================================================== loop
+
+class _Preemption:
+    """SIGTERM (the usual preemption notice) asks the loop to save and stop at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def pretrain(config, workdir: str | os.PathLike, *, devices=None,
+             stop_after: int | None = None) -> dict:
+    """Train per `config` in `workdir`, resuming from its newest checkpoint. Returns the last
+    logged metrics (and the final evaluation, if any).
+
+    `devices`: the devices of the mesh (default: all). `stop_after`: leave after this many steps
+    of this run, with a checkpoint, as a preemption would (the schedule still spans
+    train.steps).
+    """
+    # ---------------------------------------------------------------- processes and mesh
+    initialize_distributed(config.distributed)
+    workdir = pathlib.Path(workdir)
+    check_workdir_config(workdir, config)
+    mesh = shd.make_mesh(config.mesh, devices)
+    is_main = jax.process_index() == 0
+    train = config.train
+    if train.batch_size % (train.grad_accum * jax.process_count()):
+        raise UserError(f"train.batch_size {train.batch_size} must be divisible by "
+                        f"train.grad_accum x processes = {train.grad_accum * jax.process_count()}")
+
+    # ---------------------------------------------------------------- input
+    if not config.data.path:
+        raise UserError("data.path is not set: give a prepared directory, e.g. "
+                        "--config.data.path=prepared/")
+    batches = PretrainingBatches(
+        config.data.path, train.batch_size, train.seq_len, train.seed, config.data.mask_prob,
+        config.data.packing, jax.process_index(), jax.process_count(), config.data.masking)
+    tokenizer_info = batches.corpus.manifest["tokenizer"]
+    real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
+        else config.model.vocab_size
+    model_cfg = model_config(config, tokenizer_info["vocab_size"])
+    check_compatible(config.data.path, model_config=model_cfg, seq_len=train.seq_len)
+
+    # ---------------------------------------------------------------- model and optimizer
+    model = RobertaForMaskedLM(model_cfg, dtype=jnp.dtype(config.model.dtype),
+                               param_dtype=jnp.dtype(config.model.param_dtype),
+                               scan_layers=config.model.scan_layers,
+                               remat_policy=config.model.remat_policy or None)
+    tx = make_optimizer(train)
+    train_step, eval_step = make_steps(model, tx, config, real_vocab)
+
+    # ---------------------------------------------------------------- state
+    example = {k: v[:1] for k, v in batches.batch(0).items()}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        init_sharded, abstract, shardings = build_state(config, mesh, model, tx, example)
+        checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                    keep_period=config.checkpoint.keep_period,
+                                    async_save=config.checkpoint.async_save)
+        state = restore_or_init(checkpointer, config, init_sharded, abstract, shardings,
+                                model_cfg)
+        batch_shardings = {k: shd.batch_sharding(mesh) for k in _TRAIN_KEYS}
+        jit_train = jax.jit(train_step, in_shardings=(shardings, batch_shardings),
+                            out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+        jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, batch_shardings),
+                           out_shardings=shd.replicated(mesh))
+
+    start_step = int(jax.device_get(state.step))
+    meta = {"model": json.loads(json.dumps(model_cfg.to_hf_dict("RobertaForMaskedLM"))),
+            "real_vocab_size": real_vocab, "tokenizer": tokenizer_info,
+            "config": json.loads(config.to_json()), "mesh": dict(mesh.shape),
+            "process_count": jax.process_count(), "git_revision": git_revision()}
+
+    # ---------------------------------------------------------------- throughput accounting
+    slots = example["masked_positions"].shape[1]
+    flops_per_token = train_flops_per_token(
+        model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size,
+        train.seq_len, model_cfg.vocab_size, head_fraction=slots / train.seq_len)
+    peak, peak_source = (config.peak_flops, "config") if config.peak_flops else \
+        peak_flops_per_device(jax.devices()[0])
+    peak_total = peak * mesh.size
+    tokens_per_step = train.batch_size * train.seq_len
+
+    writer = _MetricsWriter(workdir, enabled=is_main)
+    eval_batches = None
+    if config.data.eval_path:
+        eval_batches = PretrainingBatches(
+            config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
+            mask_prob=config.data.mask_prob, packing=config.data.packing,
+            process_index=jax.process_index(), process_count=jax.process_count())
+
+    def evaluate(params, step):
+        sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
+        for i in range(config.eval.batches):
+            local = {k: v for k, v in eval_batches.batch(i).items() if k in _TRAIN_KEYS}
+            out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
+            sums = {k: sums[k] + float(out[k]) for k in sums}
+        loss = sums["loss_sum"] / max(sums["weight"], 1.0)
+        result = {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
+                  "eval_perplexity": math.exp(min(loss, 50.0))}
+        writer.write(step, result)
+        return result
+
+    # ---------------------------------------------------------------- the loop
+    preemption = _Preemption()
+    bar = _progress_bar(train.steps, start_step, enabled=is_main)
+    stream = batches.iterate(start_step, max(train.steps - start_step, 0))
+    pending, window_start, last = [], time.perf_counter(), {}
+    last_saved = start_step if start_step else None
+    step = start_step
+    try:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+            for step in range(start_step, train.steps):
+                if stop_after is not None and step - start_step >= stop_after:
+                    break
+                if preemption.requested or checkpointer.reached_preemption(step):
+                    log.warning("preemption notice: saving step %d and stopping", step)
+                    break
+                local = {k: v for k, v in next(stream).items() if k in _TRAIN_KEYS}
+                state, metrics = jit_train(state, shd.global_batch(local, mesh))
+                pending.append(metrics)  # device arrays: no host sync until the log point
+                done = step + 1
+                if done % train.log_every == 0 or done == train.steps:
+                    fetched = jax.device_get(pending)
+                    elapsed = time.perf_counter() - window_start
+                    last = _summarise(fetched, elapsed, tokens_per_step, flops_per_token,
+                                      peak_total)
+                    writer.write(done, last)
+                    bar.set_postfix_str(f"loss {last['loss']:.3f} | "
+                                        f"{last['tokens_per_second'] / 1e3:,.1f}k tok/s | "
+                                        f"MFU {100 * last['mfu']:.1f}%")
+                    _check_nonfinite(fetched, config, done, last_saved)
+                    pending, window_start = [], time.perf_counter()
+                bar.update(1)
+                if eval_batches is not None and done % config.eval.every_steps == 0:
+                    last.update(evaluate(state.params, done))
+                if done % config.checkpoint.every_steps == 0:
+                    checkpointer.save(done, state, meta)
+                    last_saved = done
+            else:
+                step = train.steps
+        # ---------------------------------------------------------------- final save, report
+        step = int(jax.device_get(state.step))
+        if last_saved != step:
+            checkpointer.save(step, state, meta, force=True)
+        checkpointer.wait()
+        if step >= train.steps and eval_batches is not None and \
+                step % config.eval.every_steps != 0:
+            with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+                last.update(evaluate(state.params, step))
+    finally:
+        bar.close()
+        preemption.restore()
+        checkpointer.close()
+        writer.close()
+    if is_main:
+        _plot_losses(workdir)
+        where = f"stopped early at step {step} of {train.steps}" if step < train.steps \
+            else f"done at step {step}"
+        print(f"{where}; checkpoint in {workdir / 'checkpoints'}"
+              + (f"; peak for MFU: {peak_source}" if step > start_step else ""))
+    last["step"] = step
+    return last
+
+
+_TRAIN_KEYS = ("input_ids", "attention_mask", "masked_positions", "masked_labels",
+               "masked_weights")
+
+
+def _summarise(fetched, elapsed, tokens_per_step, flops_per_token, peak_total) -> dict:
+    steps = len(fetched)
+    mean = {k: float(np.mean([m[k] for m in fetched])) for k in
+            ("loss", "accuracy", "grad_norm", "learning_rate")}
+    tokens_per_second = steps * tokens_per_step / max(elapsed, 1e-9)
+    return {**mean, "loss_bits": mean["loss"] / LN2,
+            "skipped_nonfinite": int(sum(m["skipped_nonfinite"] for m in fetched)),
+            "skipped_spike": int(sum(m["skipped_spike"] for m in fetched)),
+            "tokens_per_second": tokens_per_second,
+            "mfu": tokens_per_second * flops_per_token / peak_total,
+            "step_seconds": elapsed / steps}
+
+
+def _check_nonfinite(fetched, config, step, last_saved):
+    bad = sum(m["skipped_nonfinite"] for m in fetched)
+    if bad and config.train.nonfinite == "stop":
+        raise UserError(f"the loss or gradients became NaN/Inf before step {step} (updates were "
+                        f"not applied); the last good checkpoint is step {last_saved}. Lower "
+                        "train.lr or set train.clip_norm, or use train.nonfinite=skip")
+    if bad:
+        log.warning("skipped %d update(s) with NaN/Inf loss or gradients before step %d", bad,
+                    step)
+
+
+class _MetricsWriter:
+    """metrics.jsonl (one object per logged step) and TensorBoard event files, process 0 only."""
+
+    def __init__(self, workdir: pathlib.Path, enabled: bool):
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self._jsonl.flush()
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="step", desc="pretrain", dynamic_ncols=True)
+
+
+def _plot_losses(workdir: pathlib.Path) -> pathlib.Path | None:
+    """loss.png: training loss (and held-out loss) against steps, from metrics.jsonl."""
+    records = read_metrics(workdir)
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    held_out = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if not train:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    ax.plot(*zip(*train), label="train MLM loss")
+    if held_out:
+        ax.plot(*zip(*held_out), "o-", label="held-out MLM loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = workdir / "loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def read_metrics(workdir) -> list[dict]:
+    """metrics.jsonl of a workdir; a run resumed after a crash may repeat steps: the later
+    record of a step wins."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    by_key = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_key[(record["step"], "eval_loss" in record)] = record
+    return [by_key[k] for k in sorted(by_key)]

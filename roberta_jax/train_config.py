@@ -1,0 +1,161 @@
+"""The pretraining config: every field, with its default and meaning, in one place.
+
+`configs/*.py` start from `default_config()` and change what their model or recipe needs;
+`load_config` reads such a file and applies `--config.a.b=value` overrides from the command line.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from roberta_jax.errors import UserError
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.vocab_size = -1                   # -1: the prepared data's tokenizer decides
+    m.vocab_multiple = 128              # embedding rows padded up to a multiple (unpadded on export)
+    m.hidden_size = 768
+    m.num_hidden_layers = 12
+    m.num_attention_heads = 12
+    m.intermediate_size = 3072
+    m.max_position_embeddings = 514     # 512 tokens + RoBERTa's position offset
+    m.hidden_act = "gelu"
+    m.hidden_dropout_prob = 0.1
+    m.attention_probs_dropout_prob = 0.1
+    m.layer_norm_eps = 1e-5
+    m.dtype = "bfloat16"                # compute dtype; parameters stay in param_dtype
+    m.param_dtype = "float32"
+    m.scan_layers = True                # one compiled layer under nn.scan (fast compiles)
+    m.remat_policy = ""                 # "", "full", or a jax.checkpoint_policies name
+    m.init_from = ""                    # start from these weights (HF dir / fairseq / export)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.path = ""                         # a directory written by `roberta-jax prepare`
+    d.eval_path = ""                    # held-out prepared directory ("" = no evaluation)
+    d.packing = "full-sentences"        # "full-sentences" | "doc-sentences" | "none"
+    d.mask_prob = 0.15
+    d.masking = "token"                 # "token" | "word" (whole words) | "span"
+
+    c.train = t = ml_collections.ConfigDict()
+    t.steps = 500_000
+    t.batch_size = 8192                 # global, in sequences, summed over all processes
+    t.seq_len = 512
+    t.seed = 0
+    t.lr = 6e-4                         # peak learning rate
+    t.end_lr = 0.0
+    t.warmup_steps = 24_000
+    t.schedule = "linear"               # "linear" | "cosine" | "constant" after warmup
+    t.b1 = 0.9
+    t.b2 = 0.98
+    t.eps = 1e-6
+    t.weight_decay = 0.01
+    t.weight_decay_mask = "hf"          # "hf": not biases / LayerNorm; "all": fairseq's
+    t.clip_norm = 0.0                   # 0: no clipping (the paper's recipe)
+    t.grad_accum = 1                    # micro-batches per step (batch_size must divide)
+    t.log_every = 50
+    t.nonfinite = "skip"                # NaN/Inf loss or grads: "skip" the update | "stop"
+    t.spike_threshold = 0.0             # >0: skip steps whose loss is this many std above its
+                                        # running mean (after 100 steps); 0 = off
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.every_steps = 1000
+    e.batches = 20
+
+    c.checkpoint = k = ml_collections.ConfigDict()
+    k.every_steps = 1000
+    k.keep = 3                          # newest checkpoints kept
+    k.keep_period = 0                   # also keep every K-th step for good (0 = none)
+    k.async_save = True
+
+    c.mesh = s = ml_collections.ConfigDict()
+    s.data = -1                         # -1: all devices not used by fsdp x tensor
+    s.fsdp = 1
+    s.tensor = 1
+    s.dcn_data = 1                      # slices / nodes along data (multislice, GPU clusters)
+
+    c.distributed = r = ml_collections.ConfigDict()
+    r.coordinator_address = ""          # "" = auto-detect (TPU pods, SLURM) or single process
+    r.num_processes = 0
+    r.process_id = -1
+
+    c.peak_flops = 0.0                  # per device, for MFU; 0 = known chip table or measured
+    return c
+
+
+# Fields that decide the shapes in a checkpoint: a workdir refuses a config that changes them.
+STATE_DEFINING = ("model.vocab_size", "model.vocab_multiple", "model.hidden_size",
+                  "model.num_hidden_layers", "model.num_attention_heads",
+                  "model.intermediate_size", "model.max_position_embeddings",
+                  "model.param_dtype", "train.weight_decay_mask", "train.clip_norm",
+                  "data.path", "train.batch_size", "train.seq_len", "train.seed",
+                  "data.packing", "data.mask_prob", "data.masking")
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Run `path`'s get_config(), then apply overrides like `--config.train.steps=100`."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise UserError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"roberta_jax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: not valid Python ({e.msg})") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path}: has no get_config()")
+    config = module.get_config()
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def apply_override(config, override: str) -> None:
+    if not override.startswith("--config.") or "=" not in override:
+        raise UserError(f"{override}: overrides look like --config.train.steps=100")
+    key, raw = override[len("--config."):].split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    for i, name in enumerate(parents):
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise UserError(f"unknown config key {'.'.join(parents[:i + 1])} in {override}")
+        node = node[name]
+    if leaf not in node:
+        raise UserError(f"unknown config key {key}; {'.'.join(parents) or 'the config'} has "
+                        f"{', '.join(sorted(node.keys()))}")
+    current = node[leaf]
+    try:
+        value = _parse_like(raw, current)
+    except (ValueError, SyntaxError):
+        raise UserError(f"{override}: {raw!r} is not a valid {type(current).__name__}") from None
+    node[leaf] = value
+
+
+def _parse_like(raw: str, current):
+    if isinstance(current, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(raw)
+    if isinstance(current, int):
+        return int(float(raw)) if "e" in raw.lower() else int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    if isinstance(current, str):
+        return raw
+    return ast.literal_eval(raw)
+
+
+def get(config, dotted: str):
+    node = config
+    for name in dotted.split("."):
+        node = node[name]
+    return node
