@@ -19,7 +19,7 @@ def get_config():
     c.train.steps = 300
     c.train.batch_size = 16
     c.train.seq_len = 128
-    c.train.lr = 1e-3                       # small models take a larger step
+    c.train.lr = 3e-3                       # small models take a larger step
     c.train.warmup_steps = 30
     c.train.log_every = 10
     c.eval.every_steps = 100

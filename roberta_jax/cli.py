@@ -51,6 +51,12 @@ def _pretrain(args) -> None:
     pretrain(config, args.workdir)
 
 
+def _finetune(args) -> None:
+    from roberta_jax.finetune import finetune
+    from roberta_jax.train_config import load_config
+    finetune(load_config(args.config, args.overrides), args.workdir)
+
+
 def _export(args) -> None:
     from roberta_jax.export import export_workdir
     export_workdir(args.workdir, args.output, step=args.step)
@@ -118,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True,
                    help="checkpoints, metrics and plots; re-run to resume")
     p.set_defaults(run=_pretrain, overrides_allowed=True)
+
+    p = commands.add_parser(
+        "finetune", help="fine-tune a sentence (pair) classifier or regressor: GLUE or local files",
+        epilog="Override fields with --config.FIELD=VALUE, e.g. --config.task=rte "
+        "--config.init=roberta.large/")
+    p.add_argument("--config", required=True, help="e.g. configs/glue.py")
+    p.add_argument("--workdir", required=True, help="checkpoints, best model, predictions; "
+                   "re-run to resume")
+    p.set_defaults(run=_finetune, overrides_allowed=True)
 
     p = commands.add_parser("export", help="a pretraining workdir -> a Hugging Face directory")
     p.add_argument("--workdir", required=True)

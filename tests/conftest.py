@@ -44,32 +44,16 @@ def batch_for(task, config_name="odd", seed=0):
                                choices=3 if task == "multiple-choice" else None, seed=seed)
 
 
-def stdlib_documents():
-    """Real English with no download: docstrings of standard-library modules, one document each
-    (paragraphs as sentences)."""
-    import argparse, asyncio, collections, email, json, logging, pathlib  # noqa: E401
-    import unittest, http.client, typing, inspect, functools, textwrap  # noqa: E401
-    docs = []
-    for module in (argparse, asyncio, collections, email, json, logging, pathlib, unittest,
-                   http.client, typing, inspect, functools, textwrap):
-        for obj in vars(module).values():
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 40:
-                docs.append([" ".join(p.split()) for p in doc.split("\n\n") if p.strip()])
-    unique = {tuple(d): None for d in docs}
-    return [list(d) for d in unique]
-
-
 @pytest.fixture(scope="session")
 def prepared_corpus(tmp_path_factory):
-    """(train dir, held-out dir, tokenizer dir): stdlib docstrings, a 1000-id sentencepiece."""
+    """(train dir, held-out dir, tokenizer dir): the embedded corpus (standard-library
+    docstrings), a 1000-id sentencepiece."""
+    from roberta_jax import demo_corpus
     from roberta_jax.data import prepare, train_tokenizer
     root = tmp_path_factory.mktemp("corpus")
-    docs = stdlib_documents()
-    held_out = docs[::10]
-    train = [d for i, d in enumerate(docs) if i % 10]
+    train, held_out = demo_corpus.split_held_out(demo_corpus.stdlib_documents())
     for name, part in (("train", train), ("held_out", held_out)):
-        (root / f"{name}.txt").write_text("\n\n".join("\n".join(d) for d in part) + "\n")
+        demo_corpus.write_text(part, root / f"{name}.txt")
     train_tokenizer([str(root / "train.txt")], 1000, str(root / "tokenizer"))
     for name in ("train", "held_out"):
         prepare([str(root / f"{name}.txt")], str(root / "tokenizer"), str(root / f"{name}_prepared"),

@@ -16,15 +16,9 @@ from roberta_jax.data.train_tokenizer import train_tokenizer
 
 
 def stdlib_documents():
-    """Real English: the docstrings of some standard-library modules, one document each."""
-    import argparse, asyncio, collections, email, json as json_module, logging, pathlib  # noqa
-    docs = []
-    for module in (argparse, asyncio, collections, email, json_module, logging, pathlib):
-        for obj in vars(module).values():
-            doc = getattr(obj, "__doc__", None)
-            if isinstance(doc, str) and len(doc) > 40:
-                docs.append([" ".join(p.split()) for p in doc.split("\n\n") if p.strip()])
-    return docs
+    """Real English: 400 standard-library docstrings, each a list of paragraphs."""
+    from roberta_jax.demo_corpus import stdlib_documents as documents
+    return [d.text.split("\n") for d in documents()[:400]]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +27,8 @@ def corpus(tmp_path_factory):
     docs = stdlib_documents()
     (root / "lines.txt").write_text("\n".join(" ".join(d) for d in docs) + "\n")
     (root / "paragraphs.txt").write_text("\n\n".join("\n".join(d) for d in docs) + "\n")
-    tokenizer = train_tokenizer([str(root / "lines.txt")], 1200, str(root / "spm"))
+    tokenizer = train_tokenizer([str(root / "lines.txt")], 1200, str(root / "spm"),
+                                character_coverage=1.0)
     return root, docs, tokenizer
 
 

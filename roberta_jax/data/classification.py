@@ -1,0 +1,143 @@
+"""Sentence and sentence-pair classification / regression inputs.
+
+Examples come from local files (jsonl, tsv, csv with a header) or tfds (`tfds:glue/sst2`), and
+become fixed-shape batches: ids padded to a bucket length (the smallest of `buckets` that fits
+the batch's longest row), so one compiled step serves most batches.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+
+from roberta_jax.data.tokenizer import Tokenizer, pad_batch
+from roberta_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class Examples:
+    texts: list[str]
+    pairs: list[str] | None
+    labels: np.ndarray | None      # int class ids, float scores (regression), or None (test)
+    ids: list                      # example ids for prediction files (row index if absent)
+
+
+def read_examples(source: str, text_field: str, pair_field: str | None, label_field: str | None,
+                  label_names: list[str] | None = None, regression: bool = False,
+                  split: str = "train", tfds_data_dir: str | None = None,
+                  id_field: str = "idx") -> tuple[Examples, list[str] | None]:
+    """-> (examples, label names). String labels are mapped to ids in order of first appearance
+    unless `label_names` fixes them; a label outside `label_names` is an error."""
+    if source.startswith("tfds:"):
+        rows = _tfds_rows(source[5:], split, tfds_data_dir)
+    else:
+        rows = _file_rows(pathlib.Path(source))
+    if not rows:
+        raise UserError(f"{source}: no examples")
+    for field in [text_field] + [f for f in (pair_field, label_field) if f]:
+        if field not in rows[0]:
+            raise UserError(f"{source}: no {field!r} column (it has {', '.join(rows[0])}); "
+                            "choose the columns with the text / pair / label field options")
+    texts = [str(r[text_field]) for r in rows]
+    pairs = [str(r[pair_field]) for r in rows] if pair_field else None
+    ids = [r.get(id_field, i) for i, r in enumerate(rows)]
+    labels = None
+    if label_field is not None and all(r.get(label_field) not in (None, "", -1) for r in rows):
+        raw = [r[label_field] for r in rows]
+        if regression:
+            labels = np.asarray([float(x) for x in raw], np.float32)
+        else:
+            labels, label_names = _label_ids(raw, label_names, source)
+    return Examples(texts, pairs, labels, ids), label_names
+
+
+def _label_ids(raw, names, source):
+    as_ints = all(isinstance(x, (int, np.integer)) for x in raw)
+    if as_ints and names is None:
+        n = int(max(raw)) + 1
+        return np.asarray(raw, np.int32), [str(i) for i in range(n)]
+    strings = [str(x) for x in raw]
+    if names is None:
+        names = list(dict.fromkeys(strings))
+    index = {name: i for i, name in enumerate(names)}
+    missing = sorted(set(strings) - set(index))
+    if missing:
+        raise UserError(f"{source}: label {missing[0]!r} is not one of the {len(names)} labels "
+                        f"the model knows ({', '.join(names[:10])})")
+    return np.asarray([index[s] for s in strings], np.int32), names
+
+
+def _file_rows(path: pathlib.Path) -> list[dict]:
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        return rows
+    dialect = "excel-tab" if path.suffix in (".tsv", ".tab") else "excel"
+    return list(csv.DictReader(text.splitlines(), dialect=dialect))
+
+
+def _tfds_rows(name: str, split: str, data_dir: str | None) -> list[dict]:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise UserError("tfds inputs need tensorflow-datasets") from None
+    try:
+        dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises assorted types for missing data
+        raise UserError(f"tfds:{name}: cannot load split {split!r} "
+                        f"({str(e).splitlines()[0][:200]})") from None
+    rows = []
+    for example in tfds.as_numpy(dataset):
+        rows.append({k: (v.decode("utf-8") if isinstance(v, bytes) else
+                         v.item() if hasattr(v, "item") else v) for k, v in example.items()})
+    return rows
+
+
+def encode(tokenizer: Tokenizer, examples: Examples, max_length: int,
+           truncation: str = "longest_first") -> list[list[int]]:
+    pairs = examples.pairs or [None] * len(examples.texts)
+    return [tokenizer(t, p, max_length=max_length, truncation=truncation)
+            for t, p in zip(examples.texts, pairs)]
+
+
+def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
+    for b in sorted(buckets):
+        if longest <= b:
+            return b
+    return max(buckets)
+
+
+def batches(encoded: list[list[int]], labels, batch_size: int, pad_id: int,
+            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False):
+    """Fixed-size batches (the last one padded with weight-0 rows unless dropped)."""
+    order = np.arange(len(encoded)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        if len(rows) < batch_size and drop_last:
+            return
+        weights = np.zeros(batch_size, np.float32)
+        weights[:len(rows)] = 1
+        padded_rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
+        seqs = [encoded[i] for i in padded_rows]
+        length = bucket_length(max(len(s) for s in seqs), buckets)
+        ids, mask = pad_batch(seqs, length, pad_id)
+        batch = {"input_ids": ids, "attention_mask": mask, "weights": weights,
+                 "index": padded_rows}
+        if labels is not None:
+            batch["labels"] = labels[padded_rows]
+        yield batch
