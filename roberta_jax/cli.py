@@ -57,6 +57,12 @@ def _finetune(args) -> None:
     finetune(load_config(args.config, args.overrides), args.workdir)
 
 
+def _demo(args) -> None:
+    from roberta_jax.demo import run_demo
+    run_demo(args.workdir, minutes=args.minutes, max_documents=args.max_documents,
+             finetune_epochs=args.finetune_epochs)
+
+
 def _export(args) -> None:
     from roberta_jax.export import export_workdir
     export_workdir(args.workdir, args.output, step=args.step)
@@ -89,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "source's own)")
     p.add_argument("--head", help="fairseq classification head to export, when it has several")
     p.set_defaults(run=_convert)
+
+    p = commands.add_parser(
+        "demo", help="the whole product on the embedded corpus (stdlib docstrings): tokenizer, "
+        "pretraining, masked words, a fine-tuned classifier, exports; re-run to resume")
+    p.add_argument("--workdir", default="roberta-jax-demo")
+    p.add_argument("--minutes", type=float, default=4.0, help="pretraining time budget")
+    p.add_argument("--max-documents", type=int, help="use only the first N documents")
+    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.set_defaults(run=_demo)
 
     p = commands.add_parser("train-tokenizer", help="train a sentencepiece (XLM-R layout) or "
                             "byte-level BPE (roberta-base layout) tokenizer on a corpus")
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"roberta-jax {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"roberta-jax {args.command}: interrupted", file=sys.stderr)
+        print(f"roberta-jax {args.command}: interrupted; run the same command again to resume",
+              file=sys.stderr)
         return 130
     return 0
 

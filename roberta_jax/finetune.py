@@ -135,13 +135,13 @@ def finetune(config, workdir) -> dict:
 
     results = {}
     for seed in config.seeds:
-        results[seed] = _train_one_seed(config, task, tokenizer, train, evals, tests,
+        results[str(seed)] = _train_one_seed(config, task, tokenizer, train, evals, tests,
                                         label_names, num_labels, seed, dtype,
                                         workdir / f"seed{seed}")
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
     summary = {"task": task.name, "seeds": list(config.seeds), "per_seed": results}
     if primary:
-        scores = [results[s]["best"][primary] for s in config.seeds]
+        scores = [results[str(s)]["best"][primary] for s in config.seeds]
         summary["median"] = {primary: float(np.median(scores))}
         best_seed = config.seeds[int(np.argsort(scores)[len(scores) // 2])]
         summary["median_seed"] = best_seed

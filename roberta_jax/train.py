@@ -256,17 +256,26 @@ def strip_boxes(tree):
 # =============================================================================== loop
 
 class _Preemption:
-    """SIGTERM (the usual preemption notice) asks the loop to save and stop at the next step."""
+    """SIGTERM (the usual preemption notice) or Ctrl-C asks the loop to save and stop at the
+    next step; a second Ctrl-C stops at once."""
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = None
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.requested == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    @property
+    def reason(self) -> str:
+        return "interrupted (Ctrl-C)" if self.requested == signal.SIGINT else "preemption notice"
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def pretrain(config, workdir: str | os.PathLike, *, devices=None,
@@ -374,7 +383,8 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
                 if stop_after is not None and step - start_step >= stop_after:
                     break
                 if preemption.requested or checkpointer.reached_preemption(step):
-                    log.warning("preemption notice: saving step %d and stopping", step)
+                    log.warning("%s: saving step %d and stopping; run the same command again "
+                                "to resume", preemption.reason, step)
                     break
                 local = {k: v for k, v in next(stream).items() if k in _TRAIN_KEYS}
                 state, metrics = jit_train(state, shd.global_batch(local, mesh))
