@@ -3,8 +3,8 @@
 
     python experiments/bench_data.py [--megabytes 20]
 
-Writes the "data" section of BENCHMARKS.md. The corpus is the standard library's docstrings
-(real English, no download), repeated to the requested size.
+Writes the "data" section of BENCHMARKS.md. The corpus is the embedded one (standard-library
+docstrings, real English, no download), repeated to the requested size.
 """
 
 import argparse
@@ -24,15 +24,9 @@ from roberta_jax.data import PretrainingBatches, prepare, train_tokenizer  # noq
 
 
 def corpus_text(megabytes: float) -> str:
-    import argparse as a, asyncio, collections, email, json, logging, pathlib as p  # noqa
-    import unittest, typing, inspect, functools, textwrap, http.client  # noqa
-    docs = {" ".join(o.__doc__.split()) for m in (a, asyncio, collections, email, json, logging, p,
-                                                  unittest, typing, inspect, functools, textwrap,
-                                                  http.client)
-            for o in vars(m).values() if isinstance(getattr(o, "__doc__", None), str)
-            and len(o.__doc__) > 40}
-    base = "\n".join(sorted(docs)) + "\n"
-    return base * max(1, int(megabytes * 1e6 / len(base)))
+    from roberta_jax.demo_corpus import stdlib_documents
+    base = "\n".join(d.text.replace("\n", " ") for d in stdlib_documents()) + "\n"
+    return base * max(1, round(megabytes * 1e6 / len(base)))
 
 
 def main():

@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import subprocess
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -67,6 +68,7 @@ class Checkpointer:
         with a warning naming what was wrong; older ones are tried in turn. None if there is none.
         """
         candidates = [step] if step is not None else sorted(self.steps(), reverse=True)
+        damaged = []
         for candidate in candidates:
             try:
                 restored = self.manager.restore(candidate, args=ocp.args.Composite(
@@ -75,12 +77,28 @@ class Checkpointer:
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 log.warning("checkpoint %d in %s is unreadable (%s); trying an older one",
                             candidate, self.directory, reason[:300])
+                damaged.append(candidate)
                 continue
+            self._set_aside(damaged)
             return restored.state, restored.meta, candidate
         if candidates:
             raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps "
                             f"{candidates}); move the directory aside to start afresh")
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move damaged checkpoints out of the way (never deleted: a person may want them), so
+        the run can save those steps again and nothing ever restores them."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            aside = self.directory.parent / "damaged_checkpoints"
+            aside.mkdir(exist_ok=True)
+            for step in steps:
+                target = aside / f"{step}-{int(time.time())}"
+                (self.directory / str(step)).rename(target)
+                log.warning("moved damaged checkpoint %d to %s", step, target)
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any of them got a preemption notice (multi-host)."""

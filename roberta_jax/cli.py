@@ -81,8 +81,15 @@ def _parity(args) -> None:
     print(f"all {len(worst)} outputs match transformers within {tolerance} (fp32)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line (with where to find help), like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roberta-jax", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="roberta-jax", description=__doc__.split("\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -162,11 +169,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _log_to_stderr() -> None:
     """Our own info and warnings, one line each; other libraries stay at their defaults."""
     logger = logging.getLogger("roberta_jax")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

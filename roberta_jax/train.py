@@ -155,20 +155,23 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
                 accumulate, zeros, (jnp.arange(train.grad_accum), micros))
 
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         std = jnp.sqrt(jnp.maximum(state.loss_sq_mean - state.loss_mean ** 2, 0.0))
         spike = ((train.spike_threshold > 0) & (state.step >= 100)
                  & (loss > state.loss_mean + train.spike_threshold * std))
         apply = finite & ~spike
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+
+        def update(_):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state
+
+        # A skipped step leaves parameters and optimizer state untouched. lax.cond runs one
+        # branch, so the guard costs no extra pass over the weights (a select would).
+        params, opt_state = jax.lax.cond(apply, update,
+                                         lambda _: (state.params, state.opt_state), None)
         decay = jnp.where(state.step == 0, 0.0, 0.99)
         new_state = state.replace(
-            step=state.step + 1,
-            params=keep(params, state.params),
-            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1, params=params, opt_state=opt_state,
             loss_mean=jnp.where(apply, decay * state.loss_mean + (1 - decay) * loss,
                                 state.loss_mean),
             loss_sq_mean=jnp.where(apply, decay * state.loss_sq_mean + (1 - decay) * loss ** 2,
@@ -290,7 +293,6 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
     # ---------------------------------------------------------------- processes and mesh
     initialize_distributed(config.distributed)
     workdir = pathlib.Path(workdir)
-    check_workdir_config(workdir, config)
     mesh = shd.make_mesh(config.mesh, devices)
     is_main = jax.process_index() == 0
     train = config.train
@@ -310,6 +312,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
         else config.model.vocab_size
     model_cfg = model_config(config, tokenizer_info["vocab_size"])
     check_compatible(config.data.path, model_config=model_cfg, seq_len=train.seq_len)
+    check_workdir_config(workdir, config)   # after the inputs passed: no half-started workdirs
 
     # ---------------------------------------------------------------- model and optimizer
     model = RobertaForMaskedLM(model_cfg, dtype=jnp.dtype(config.model.dtype),
@@ -540,7 +543,9 @@ def read_metrics(workdir) -> list[dict]:
         return []
     by_key = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+        try:
             record = json.loads(line)
-            by_key[(record["step"], "eval_loss" in record)] = record
+        except json.JSONDecodeError:  # a line cut short by a killed process
+            continue
+        by_key[(record["step"], "eval_loss" in record)] = record
     return [by_key[k] for k in sorted(by_key)]

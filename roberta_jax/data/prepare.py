@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import time
 
 import numpy as np
@@ -52,6 +53,7 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, doc_format: 
     kwargs = {} if unit_bytes is None else {"unit_bytes": unit_bytes}
     units = list_units(inputs, doc_format, tfds_data_dir, tfds_split, **kwargs)
     out = pathlib.Path(output)
+    created_here = not out.exists()
     plan = {"format": FORMAT_VERSION, "tokenizer": _tokenizer_info(tokenizer),
             "doc_format": doc_format, "text_field": text_field,
             "units": [dataclasses.asdict(u) for u in units]}
@@ -82,8 +84,13 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, doc_format: 
         bar.close()
         if workers > 1:
             pool.terminate()
-    return _write_manifest(out, units, plan, tokenizer, elapsed=time.perf_counter() - started,
-                           tokens_this_run=tokens_done)
+    try:
+        return _write_manifest(out, units, plan, tokenizer,
+                               elapsed=time.perf_counter() - started, tokens_this_run=tokens_done)
+    except UserError:
+        if created_here:  # nothing worth keeping (an empty corpus): leave no directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _tokenizer_info(tokenizer: Tokenizer) -> dict:
