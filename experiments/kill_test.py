@@ -2,7 +2,7 @@
 random moments (during steps, saves and start-up) and restarted each time; at the end its
 parameters, optimizer state and loss history must be bit-identical to an uninterrupted run.
 
-    python experiments/kill_test.py [--kills 10] [--steps 60] [--seed 0]
+    python experiments/kill_test.py [--kills 10] [--steps 200] [--seed 0]
 
 Exits non-zero if anything differs. Prints how many kills, resumes and recomputed steps.
 """
@@ -44,14 +44,21 @@ def _command(prepared, workdir, steps):
 
 
 def _logged_steps(workdir) -> int:
+    """The highest step in metrics.jsonl (a killed process may leave a last line cut short)."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+    steps = [0]
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return max(steps)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", help="work directory (default: a new temporary one)")
     args = parser.parse_args()
@@ -78,12 +85,19 @@ def main() -> int:
             # Steps logged after the restored checkpoint were done before and are done again.
             recomputed += max(0, logged_before - before)
         if kills < args.kills:
-            time.sleep(rng.uniform(4.0, 14.0))   # start-up takes ~5 s: kills land everywhere
+            if rng.random() < 0.2:      # during start-up or restore
+                time.sleep(rng.uniform(0.5, 6.0))
+            else:                       # during training steps and the saves between them
+                deadline = time.time() + 120
+                while (proc.poll() is None and time.time() < deadline
+                       and _logged_steps(workdir) <= logged_before):
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 2.0))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
-                print(f"kill {kills}: {_logged_steps(workdir)} steps logged so far", flush=True)
+                print(f"kill {kills}: killed after step {_logged_steps(workdir)}", flush=True)
                 continue
         if proc.wait() != 0:
             print("the restarted run failed", file=sys.stderr)

@@ -57,9 +57,12 @@ def read_examples(source: str, text_field: str, pair_field: str | None, label_fi
 
 def _label_ids(raw, names, source):
     as_ints = all(isinstance(x, (int, np.integer)) for x in raw)
-    if as_ints and names is None:
-        n = int(max(raw)) + 1
-        return np.asarray(raw, np.int32), [str(i) for i in range(n)]
+    if as_ints:  # class ids already (tfds ClassLabel)
+        names = names or [str(i) for i in range(int(max(raw)) + 1)]
+        if max(raw) >= len(names) or min(raw) < 0:
+            raise UserError(f"{source}: label id {max(raw)} is outside the {len(names)} labels "
+                            "of this task")
+        return np.asarray(raw, np.int32), names
     strings = [str(x) for x in raw]
     if names is None:
         names = list(dict.fromkeys(strings))
