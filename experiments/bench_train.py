@@ -38,52 +38,65 @@ def _flops_per_token(shape, head_fraction):
     return train_flops_per_token(layers, hidden, ffn, seq_len, vocab, head_fraction)
 
 
-def run_ours(shape, threads, scan_layers=True):
+def synthetic_step(layers, hidden, heads, ffn, vocab, batch, seq_len, dtype="float32",
+                   scan_layers=True, remat=""):
+    """Our real jitted train step (train.make_steps) on a fixed random batch: (step, state,
+    batch, masked-slot share of positions). Shared with gpu_bench.py."""
     import jax
     import jax.numpy as jnp
-    import ml_collections
     import numpy as np
     from roberta_jax.model import RobertaForMaskedLM
     from roberta_jax.optim import make_optimizer
     from roberta_jax.train import TrainState, make_steps, model_config, strip_boxes
     from roberta_jax.train_config import default_config
-    layers, hidden, heads, ffn, vocab, batch, seq_len, steps = shape
     config = default_config()
     config.model.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=ffn, dtype="float32", scan_layers=scan_layers)
+                        intermediate_size=ffn, dtype=dtype, scan_layers=scan_layers,
+                        remat_policy=remat)
     config.train.update(steps=1000, warmup_steps=10, seq_len=seq_len, batch_size=batch)
     cfg = model_config(config, vocab)
-    model = RobertaForMaskedLM(cfg, scan_layers=scan_layers)
+    model = RobertaForMaskedLM(cfg, dtype=jnp.dtype(dtype), scan_layers=scan_layers,
+                               remat_policy=remat or None)
     tx = make_optimizer(config.train)
     train_step, _ = make_steps(model, tx, config, vocab)
     slots = int(MASK_PROB * seq_len) + 1
     rng = np.random.default_rng(0)
-    batch_data = {
+    data = jax.device_put({
         "input_ids": rng.integers(4, vocab, (batch, seq_len)).astype(np.int32),
         "attention_mask": np.ones((batch, seq_len), np.int32),
         "masked_positions": np.sort(rng.choice(seq_len, (batch, slots)), 1).astype(np.int32),
         "masked_labels": rng.integers(4, vocab, (batch, slots)).astype(np.int32),
         "masked_weights": np.ones((batch, slots), np.float32),
-    }
-    params = strip_boxes(model.init(jax.random.key(0), batch_data["input_ids"][:1],
-                                    masked_positions=batch_data["masked_positions"][:1])["params"])
+    })
+    params = strip_boxes(model.init(jax.random.key(0), data["input_ids"][:1],
+                                    masked_positions=data["masked_positions"][:1])["params"])
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        dropout_key=jax.random.key_data(jax.random.key(1)),
                        loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
-    step_fn = jax.jit(train_step, donate_argnums=0)
-    device_batch = jax.device_put(batch_data)
+    return jax.jit(train_step, donate_argnums=0), state, data, slots / seq_len
+
+
+def time_steps(step, state, data, steps):
+    """(first call seconds, i.e. compile + one step; median of `steps` further steps)."""
+    import jax
     start = time.perf_counter()
-    state, metrics = step_fn(state, device_batch)
+    state, metrics = step(state, data)
     jax.block_until_ready(metrics)
     first = time.perf_counter() - start
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = step_fn(state, device_batch)
+        state, metrics = step(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    return {"first_step_seconds": first, "step_seconds": statistics.median(times),
-            "head_fraction": slots / seq_len}
+    return first, statistics.median(times)
+
+
+def run_ours(shape, threads, scan_layers=True):
+    *dims, steps = shape
+    step, state, data, head_fraction = synthetic_step(*dims, scan_layers=scan_layers)
+    first, median = time_steps(step, state, data, steps)
+    return {"first_step_seconds": first, "step_seconds": median, "head_fraction": head_fraction}
 
 
 def run_peer(shape, threads):

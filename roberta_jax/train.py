@@ -32,6 +32,7 @@ from roberta_jax.errors import UserError
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
+from roberta_jax.progress import progress_bar
 from roberta_jax.train_config import STATE_DEFINING, get
 
 log = logging.getLogger("roberta_jax")
@@ -375,7 +376,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
 
     # ---------------------------------------------------------------- the loop
     preemption = _Preemption()
-    bar = _progress_bar(train.steps, start_step, enabled=is_main)
+    bar = progress_bar(train.steps, start_step, "step", "pretrain", enabled=is_main)
     stream = batches.iterate(start_step, max(train.steps - start_step, 0))
     pending, window_start, last = [], time.perf_counter(), {}
     last_saved = start_step if start_step else None
@@ -490,24 +491,6 @@ class _MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix_str(self, s):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit="step", desc="pretrain", dynamic_ncols=True)
 
 
 def _plot_losses(workdir: pathlib.Path) -> pathlib.Path | None:

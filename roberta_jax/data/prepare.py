@@ -28,6 +28,7 @@ import numpy as np
 from roberta_jax.data.corpus import Problems, Unit, list_units, read_unit
 from roberta_jax.data.tokenizer import Tokenizer, load_tokenizer
 from roberta_jax.errors import UserError
+from roberta_jax.progress import progress_bar
 
 FORMAT_VERSION = "roberta_jax.prepared/1"
 MANIFEST = "manifest.json"
@@ -65,7 +66,7 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, doc_format: 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     jobs = [(i, units[i]) for i in todo]
     started, tokens_done = time.perf_counter(), 0
-    bar = _progress(len(units), len(units) - len(todo), enabled=progress)
+    bar = progress_bar(len(units), len(units) - len(todo), "shard", "prepare", enabled=progress)
     context = dict(tokenizer_dir=str(out / TOKENIZER_DIR), output=str(out),
                    doc_format=doc_format, text_field=text_field)
     if workers == 1:
@@ -211,24 +212,6 @@ def _write_manifest(out, units, plan, tokenizer, elapsed, tokens_this_run) -> di
     print(f"prepared {totals['tokens']:,} tokens in {totals['documents']:,} documents, "
           f"{len(shards)} shards -> {out} ({rate:,.0f} tokens/s this run)")
     return manifest
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix_str(self, s):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, done: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, initial=done, unit="shard", desc="prepare", dynamic_ncols=True)
 
 
 def load_manifest(prepared_dir: str | os.PathLike) -> dict:
