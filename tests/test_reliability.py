@@ -79,3 +79,30 @@ def test_nonfinite_stop_policy_stops_with_a_clear_message(prepared_corpus, tmp_p
                   train__nonfinite="stop")
     with pytest.raises(UserError, match="NaN/Inf.*last good checkpoint"):
         pretrain(config, tmp_path)
+
+
+def test_loss_spike_guard_skips_a_step_far_above_the_running_loss(prepared_corpus):
+    import jax.numpy as jnp
+    from roberta_jax.data import PretrainingBatches
+    from roberta_jax.model import RobertaForMaskedLM
+    from roberta_jax.optim import make_optimizer
+    from roberta_jax.train import TrainState, make_steps, model_config, strip_boxes
+    config = tiny(prepared_corpus[0], train__spike_threshold=3.0)
+    batch = {k: v for k, v in PretrainingBatches(prepared_corpus[0], 8, 32, 0).batch(0).items()
+             if k.startswith(("input", "attention", "masked"))}
+    model = RobertaForMaskedLM(model_config(config, 1000))
+    tx = make_optimizer(config.train)
+    train_step, _ = make_steps(model, tx, config, 1000)
+    params = strip_boxes(model.init(jax.random.key(0), batch["input_ids"],
+                                    masked_positions=batch["masked_positions"])["params"])
+    # A history of losses near 1.0 +- 0.1: the random model's ~6.9 is a spike.
+    state = TrainState(step=jnp.asarray(500), params=params, opt_state=tx.init(params),
+                       dropout_key=jax.random.key_data(jax.random.key(1)),
+                       loss_mean=jnp.asarray(1.0), loss_sq_mean=jnp.asarray(1.01))
+    new, metrics = jax.jit(train_step)(state, batch)
+    assert int(metrics["skipped_spike"]) == 1 and int(new.step) == 501
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    calm = state.replace(loss_mean=jnp.asarray(6.9), loss_sq_mean=jnp.asarray(6.9 ** 2 + 0.01))
+    _, metrics = jax.jit(train_step)(calm, batch)
+    assert int(metrics["skipped_spike"]) == 0
