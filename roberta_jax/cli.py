@@ -63,6 +63,12 @@ def _demo(args) -> None:
              finetune_epochs=args.finetune_epochs)
 
 
+def _predict(args) -> None:
+    from roberta_jax.predict import predict, read_inputs
+    predict(args.model, read_inputs(args.input, args.text_field, args.pair_field),
+            batch_size=args.batch_size, top_k=args.top_k)
+
+
 def _export(args) -> None:
     from roberta_jax.export import export_workdir
     export_workdir(args.workdir, args.output, step=args.step)
@@ -155,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="checkpoints, best model, predictions; "
                    "re-run to resume")
     p.set_defaults(run=_finetune, overrides_allowed=True)
+
+    p = commands.add_parser("predict", help="labels and scores (classifiers) or mask fills "
+                            "(masked LMs) as JSON lines, for text on stdin or in a jsonl file")
+    p.add_argument("--model", required=True, help="a Hugging Face directory with a tokenizer")
+    p.add_argument("--input", help="jsonl file (default: one text per line on stdin)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--pair-field")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=5, help="masked LM: guesses per <mask>")
+    p.set_defaults(run=_predict)
 
     p = commands.add_parser("export", help="a pretraining workdir -> a Hugging Face directory")
     p.add_argument("--workdir", required=True)

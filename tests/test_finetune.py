@@ -75,3 +75,25 @@ def test_local_files_fine_tune_and_resume(small_model, tmp_path, capsys):
     assert [h["epoch"] for h in summary["per_seed"]["3"]["history"]] == [1, 2]
     config = json.loads((tmp_path / "w" / "seed3" / "best" / "config.json").read_text())
     assert set(config["id2label"].values()) == {"pos", "neg"}
+
+
+def test_predict_writes_labels_and_scores_as_json_lines(small_model, tmp_path):
+    import io
+    from roberta_jax.finetune import finetune
+    from roberta_jax.predict import predict
+    rows = [{"text": f"item {i} looks {'fine' if i % 2 else 'broken'}",
+             "label": "ok" if i % 2 else "bad"} for i in range(24)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    finetune(load_config(str(ROOT / "configs" / "glue.py"), [
+        "--config.task=local", f"--config.train_file={tmp_path / 'train.jsonl'}",
+        f"--config.eval_file={tmp_path / 'train.jsonl'}", f"--config.init={small_model}",
+        "--config.seeds=(1,)", "--config.epochs=1", "--config.batch_size=8",
+        "--config.max_length=32"]), tmp_path / "w")
+    out = io.StringIO()
+    predict(str(tmp_path / "w" / "seed1" / "best"), [(r["text"], None) for r in rows[:5]],
+            out=out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == 5
+    for r in records:
+        assert r["label"] in ("ok", "bad") and abs(sum(r["scores"].values()) - 1) < 1e-5
+        assert r["score"] == max(r["scores"].values())
