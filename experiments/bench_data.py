@@ -17,7 +17,6 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import numpy as np  # noqa: E402
 
 from benchmarks_md import write_section  # noqa: E402
 from roberta_jax.data import PretrainingBatches, prepare, train_tokenizer  # noqa: E402

@@ -14,7 +14,6 @@ import numpy as np
 from roberta_jax import sharding as shd
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.convert.params import unstack_layers
-from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import make_optimizer
@@ -68,15 +67,9 @@ def load_workdir_params(workdir, step: int | None = None):
 
 def export_workdir(workdir, output, step: int | None = None) -> pathlib.Path:
     model, params, config, restored_step = load_workdir_params(workdir, step)
+    # `prepare` saved the tokenizer there in its exportable form.
     tokenizer_dir = pathlib.Path(config.data.path) / "tokenizer"
-    files = None
-    if tokenizer_dir.is_dir():
-        staging = pathlib.Path(output).with_name(pathlib.Path(output).name + ".tokenizer-tmp")
-        load_tokenizer(tokenizer_dir).save(staging)
-        files = {f.name: f.read_bytes() for f in staging.iterdir()}
-        for f in staging.iterdir():
-            f.unlink()
-        staging.rmdir()
-    out = save_pretrained(model, params, output, tokenizer_from=files)
+    out = save_pretrained(model, params, output,
+                          tokenizer_from=tokenizer_dir if tokenizer_dir.is_dir() else None)
     print(f"exported step {restored_step} of {workdir} -> {out}")
     return out

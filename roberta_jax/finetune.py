@@ -15,6 +15,7 @@ import logging
 import pathlib
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -62,15 +63,11 @@ def load_model(init: str, num_labels: int, labels: list[str] | None, seed: int, 
     if labels:
         config = config.replace(labels=tuple(labels))
     model = RobertaForSequenceClassification(config, dtype=dtype)
-    params = _unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"])
+    params = nn.meta.unbox(model.init(jax.random.key(seed),
+                                      jnp.zeros((1, 4), jnp.int32))["params"])
     if encoder is not None:
         params["roberta"] = jax.tree.map(jnp.asarray, encoder)
     return model, params
-
-
-def _unbox(tree):
-    import flax.linen as nn
-    return nn.meta.unbox(tree)
 
 
 # =============================================================================== steps

@@ -8,11 +8,12 @@ on stdin, or jsonl records with a text field (and optionally a pair field).
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import numpy as np
 
-from roberta_jax.data.classification import bucket_length
+from roberta_jax.data.classification import bucket_length, read_rows
 from roberta_jax.data.tokenizer import load_tokenizer, pad_batch
 from roberta_jax.errors import UserError
 
@@ -20,26 +21,14 @@ BUCKETS = (32, 64, 128, 256, 512)
 
 
 def read_inputs(path: str | None, text_field: str, pair_field: str | None):
+    """(text, pair) inputs: lines of stdin, or the records of a jsonl / tsv / csv file."""
     if path is None:
         return [(line.rstrip("\n"), None) for line in sys.stdin if line.strip()]
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if text_field not in record:
-            raise UserError(f"{path}:{number}: no {text_field!r} field")
-        rows.append((str(record[text_field]), str(record[pair_field]) if pair_field else None))
-    return rows
+    rows = read_rows(pathlib.Path(path))
+    for field in filter(None, (text_field, pair_field)):
+        if rows and field not in rows[0]:
+            raise UserError(f"{path}: no {field!r} field (it has {', '.join(rows[0])})")
+    return [(str(r[text_field]), str(r[pair_field]) if pair_field else None) for r in rows]
 
 
 def predict(model_dir: str, inputs, batch_size: int = 32, top_k: int = 5, out=sys.stdout):

@@ -33,7 +33,7 @@ from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import progress_bar
-from roberta_jax.train_config import STATE_DEFINING, get
+from roberta_jax.train_config import STATE_DEFINING
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)

@@ -153,9 +153,3 @@ def _parse_like(raw: str, current):
         return raw
     return ast.literal_eval(raw)
 
-
-def get(config, dotted: str):
-    node = config
-    for name in dotted.split("."):
-        node = node[name]
-    return node

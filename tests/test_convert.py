@@ -3,7 +3,6 @@ the re-exported directories load in transformers with the same outputs."""
 
 import argparse
 import json
-import pathlib
 from collections import OrderedDict
 
 import numpy as np
@@ -125,7 +124,7 @@ def write_fairseq(tmp_path, hf_model, old_style, with_head=False):
     state = {k: v.clone() for k, v in hf_model.state_dict().items()}
     fs_state = hf_to_fairseq(state, old_style)
     if old_style:
-        fs_state[f"decoder.sentence_encoder.version"] = torch.tensor([2.0])
+        fs_state["decoder.sentence_encoder.version"] = torch.tensor([2.0])
     args = argparse.Namespace(arch="roberta_base", encoder_layers=2, encoder_embed_dim=24,
                               encoder_attention_heads=3, activation_fn="gelu", dropout=0.1,
                               attention_dropout=0.1, max_positions=38)

@@ -1,7 +1,6 @@
 """Pretraining guarantees: the same losses on any mesh, bit-exact resume, checkpoints that move
 between meshes and process counts, clean preemption, and a model that learns."""
 
-import json
 import math
 import os
 import pathlib

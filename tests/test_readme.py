@@ -3,7 +3,6 @@
 import pathlib
 import re
 
-import pytest
 
 from conftest import make_hf_model
 from roberta_jax.data.train_tokenizer import train_tokenizer

@@ -35,7 +35,7 @@ def read_examples(source: str, text_field: str, pair_field: str | None, label_fi
     if source.startswith("tfds:"):
         rows = _tfds_rows(source[5:], split, tfds_data_dir)
     else:
-        rows = _file_rows(pathlib.Path(source))
+        rows = read_rows(pathlib.Path(source))
     if not rows:
         raise UserError(f"{source}: no examples")
     for field in [text_field] + [f for f in (pair_field, label_field) if f]:
@@ -74,7 +74,8 @@ def _label_ids(raw, names, source):
     return np.asarray([index[s] for s in strings], np.int32), names
 
 
-def _file_rows(path: pathlib.Path) -> list[dict]:
+def read_rows(path: pathlib.Path) -> list[dict]:
+    """Records of a jsonl file, or rows of a tsv / csv file with a header."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
