@@ -60,6 +60,12 @@ def initialize_distributed(dist) -> None:
                                    dist.process_id)
     elif _in_multihost_cluster():
         jax.distributed.initialize()
+    if jax.process_count() > 1:
+        # Meet once right away, while every process is at the same point: the collectives'
+        # context is set up here rather than mid-setup, where one slow host (busy compiling or
+        # reading data) could make the others time out waiting for it.
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("roberta_jax:start")
 
 
 def _in_multihost_cluster() -> bool:
