@@ -41,6 +41,11 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` and, per id, the (start, end) characters of `text` it stands for, with
+        surrounding white space left out (extractive QA maps answer spans through these)."""
+        raise NotImplementedError
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         raise NotImplementedError
 
@@ -177,6 +182,10 @@ class ByteLevelBPETokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, [_trim(text, start, end) for start, end in encoding.offsets]
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
@@ -195,6 +204,15 @@ class ByteLevelBPETokenizer(Tokenizer):
         (directory / "tmp-vocab.json").unlink()
         self._tok.save(str(directory / "tokenizer.json"))
         _write_tokenizer_config(directory, "RobertaTokenizer")
+
+
+def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+    """The span without its leading / trailing white space (unless it is nothing else)."""
+    stripped = text[start:end].strip()
+    if not stripped:
+        return start, end
+    start += len(text[start:end]) - len(text[start:end].lstrip())
+    return start, start + len(stripped)
 
 
 def _add_roberta_specials(tok) -> None:
@@ -253,6 +271,27 @@ class SentencePieceTokenizer(Tokenizer):
             elif segment:
                 ids += [self._to_fairseq(p) for p in self._sp.EncodeAsIds(segment)]
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        ids, offsets, position = [], [], 0
+        for segment, is_special in _split_specials(text):
+            start = text.index(segment, position) if segment else position
+            if is_special:
+                ids.append(self._special_to_id[segment])
+                offsets.append((start, start + len(segment)))
+            elif segment:
+                # sentencepiece reports UTF-8 byte offsets; map them back to characters.
+                encoded = segment.encode("utf-8")
+                char_at = {len(segment[:i].encode("utf-8")): i for i in range(len(segment) + 1)}
+                for piece in self._sp.EncodeAsProto(segment).pieces:
+                    begin = char_at.get(piece.begin, len(encoded[:piece.begin].decode(
+                        "utf-8", "ignore")))
+                    end = char_at.get(piece.end, len(encoded[:piece.end].decode(
+                        "utf-8", "ignore")))
+                    ids.append(self._to_fairseq(piece.id))
+                    offsets.append(_trim(text, start + begin, start + end))
+            position = start + len(segment)
+        return ids, offsets
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         inverse = {v: k for k, v in self._sp_specials.items()}
