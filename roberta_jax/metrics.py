@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from roberta_jax.errors import UserError
+
 
 def accuracy(labels, predictions) -> float:
     return float(np.mean(np.asarray(labels) == np.asarray(predictions)))
@@ -57,3 +59,59 @@ def spearman(x, y) -> float:
 
 METRICS = {"accuracy": accuracy, "f1": f1_binary, "mcc": matthews_corrcoef,
            "pearson": pearson, "spearman": spearman}
+
+
+# ------------------------------------------------------------------- entities (NER) scores
+# An entity counts as found only when its type and both ends match: conlleval's rule, which
+# seqeval's default mode (what Hugging Face's examples report) follows too.
+
+# BILOU's L/U and BMES's M are IOBES's E/S and I under other names.
+_PREFIXES = {"B": "B", "I": "I", "M": "I", "E": "E", "L": "E", "S": "S", "U": "S"}
+
+
+def _prefix_and_type(tag: str) -> tuple[str, str]:
+    if tag == "O":
+        return "O", ""
+    prefix, dash, kind = tag.partition("-")
+    if not dash:
+        return "I", tag  # a bare type: IO tagging
+    if prefix not in _PREFIXES:
+        raise UserError(f"tag {tag!r}: expected O or a B-, I-, E-, S- (or BILOU) prefix")
+    return _PREFIXES[prefix], kind
+
+
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """(type, start, end) of each entity, `end` exclusive. Reads IOB1 (CoNLL-2003's original
+    tags, where I- may begin an entity and B- only splits two adjacent ones of one type), IOB2,
+    IOBES and BILOU: an entity ends at O, at B-/S-, at a change of type and after E-/S-, and any
+    other tag that is not O begins one when none is open."""
+    spans, open_type, open_start = set(), None, 0
+    for position, tag in enumerate(tags):
+        prefix, kind = _prefix_and_type(tag)
+        if open_type is not None and (prefix in ("O", "B", "S") or kind != open_type):
+            spans.add((open_type, open_start, position))
+            open_type = None
+        if prefix != "O" and open_type is None:
+            open_type, open_start = kind, position
+        if prefix in ("E", "S"):
+            spans.add((kind, open_start, position + 1))
+            open_type = None
+    if open_type is not None:
+        spans.add((open_type, open_start, len(tags)))
+    return spans
+
+
+def entity_scores(true_tags: list[list[str]], predicted_tags: list[list[str]]) -> dict:
+    """Micro-averaged {"precision", "recall", "f1"} over the entities of all sentences (0 where
+    a denominator is 0, as seqeval reports it)."""
+    if len(true_tags) != len(predicted_tags) or any(
+            len(t) != len(p) for t, p in zip(true_tags, predicted_tags)):
+        raise ValueError("true and predicted tags differ in shape")
+    true = {(i, *span) for i, tags in enumerate(true_tags) for span in entity_spans(tags)}
+    predicted = {(i, *span) for i, tags in enumerate(predicted_tags)
+                 for span in entity_spans(tags)}
+    correct = len(true & predicted)
+    precision = correct / len(predicted) if predicted else 0.0
+    recall = correct / len(true) if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}

@@ -145,10 +145,19 @@ class RobertaEmbeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
-        def lookup(table, ids):
-            return nn.with_logical_constraint(table(ids), BATCH_LENGTH_EMBED)
-        x = (lookup(self.word_embeddings, input_ids)
-             + lookup(self.position_embeddings, position_ids)
+        pad = self.config.pad_token_id
+
+        def lookup(table, ids, frozen_row=None):
+            vectors = table(ids)
+            if frozen_row is not None:
+                # The padding row gets no gradient, as torch's Embedding(padding_idx=...) in
+                # fairseq and transformers: a head that reads padded positions (QA logits) would
+                # otherwise move it, and fine-tuning would part from theirs.
+                vectors = jnp.where((ids == frozen_row)[..., None],
+                                    jax.lax.stop_gradient(vectors), vectors)
+            return nn.with_logical_constraint(vectors, BATCH_LENGTH_EMBED)
+        x = (lookup(self.word_embeddings, input_ids, pad)
+             + lookup(self.position_embeddings, position_ids, pad)
              + lookup(self.token_type_embeddings, token_type_ids))
         x = self.LayerNorm(x)
         return self.dropout(x, deterministic=deterministic)

@@ -1,28 +1,40 @@
-"""Fine-tuning task definitions: GLUE (from tfds `glue/*`) and local files.
+"""Fine-tuning task definitions: where the data is, what kind of head it needs, its official
+metrics and its published recipe.
 
-Each GLUE task names its text fields, label set, official metrics, the fairseq recipe
-(README.glue: LR 1e-5, 2e-5 for RTE and STS-B; batch 32 for MNLI/QNLI/QQP/SST-2, else 16;
-10 epochs, 6% warmup, weight decay 0.1) and its GLUE submission file.
+Kinds (see `task_kinds.py`): "classification" (one label or score per sentence / pair),
+"tokens" (a tag per word, NER), "qa" (an answer span, SQuAD), "choice" (multiple choice).
+
+Recipes: GLUE is fairseq's README.glue (LR 1e-5, 2e-5 for RTE and STS-B; batch 32 for
+MNLI/QNLI/QQP/SST-2, else 16; 10 epochs, 6% warmup, weight decay 0.1). RACE is fairseq's
+README.race (LR 1e-5, batch 16, 5 epochs, weight decay 0.01, 512 tokens). SQuAD follows Hugging
+Face's run_qa example (LR 3e-5, batch 12, 2 epochs, 384 tokens, windows overlapping by 128), and
+CoNLL-2003 its run_ner defaults (LR 5e-5, 3 epochs) with batch 32; fairseq publishes neither.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+KINDS = ("classification", "tokens", "qa", "choice")
+
 
 @dataclasses.dataclass(frozen=True)
 class Task:
     name: str
+    kind: str                        # one of KINDS
     source: str                      # "tfds:glue/sst2" or a local file path
-    text_field: str
-    pair_field: str | None
-    label_field: str
-    labels: tuple[str, ...] | None   # None: read from the data; () for regression
-    metrics: tuple[str, ...]
+    text_field: str = "text"
+    pair_field: str | None = None
+    label_field: str = "label"
+    labels: tuple[str, ...] | None = None   # None: read from the data; () for regression
+    metrics: tuple[str, ...] = ("accuracy",)  # the first one picks the best epoch
     lr: float = 1e-5
     batch_size: int = 16
+    epochs: int = 10
+    weight_decay: float = 0.1
+    max_length: int = 512
     eval_splits: tuple[str, ...] = ("validation",)
-    test_splits: tuple[tuple[str, str], ...] = (("test", ""),)   # (split, submission file)
+    test_splits: tuple[tuple[str, str], ...] = (("test", ""),)   # (split, predictions file)
     files: tuple[tuple[str, str], ...] = ()   # local tasks: split -> file
 
     def where(self, split: str) -> tuple[str, str]:
@@ -34,15 +46,12 @@ class Task:
     def regression(self) -> bool:
         return self.labels == ()
 
-    @property
-    def num_labels(self) -> int | None:
-        return 1 if self.regression else (len(self.labels) if self.labels else None)
-
 
 def _glue(name, text, pair, labels, metrics, submission, lr=1e-5, batch=16,
           eval_splits=("validation",), test_splits=None):
-    return Task(name, f"tfds:glue/{name}", text, pair, "label", labels, metrics, lr, batch,
-                eval_splits, test_splits or (("test", submission),))
+    return Task(name, "classification", f"tfds:glue/{name}", text, pair, "label", labels,
+                metrics, lr, batch, eval_splits=eval_splits,
+                test_splits=test_splits or (("test", submission),))
 
 
 NLI3 = ("entailment", "neutral", "contradiction")
@@ -63,26 +72,57 @@ GLUE = {t.name: t for t in (
     _glue("wnli", "sentence1", "sentence2", BINARY, ("accuracy",), "WNLI.tsv"),
 )}
 
+OTHERS = {t.name: t for t in (
+    Task("squad1", "qa", "tfds:squad/v1.1", metrics=("f1", "exact_match"), lr=3e-5,
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+    Task("squad2", "qa", "tfds:squad/v2.0", metrics=("f1", "exact_match"), lr=3e-5,
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+    Task("conll2003", "tokens", "tfds:conll2003", text_field="tokens", label_field="ner",
+         metrics=("f1", "precision", "recall"), lr=5e-5, batch_size=32, epochs=3,
+         weight_decay=0.01, test_splits=(("test", "test_predictions.conll"),)),
+    *(Task(name, "choice", source, metrics=("accuracy",), lr=1e-5, batch_size=16, epochs=5,
+           weight_decay=0.01, eval_splits=("dev",),
+           test_splits=(("test", "test_predictions.jsonl"),))
+      # The paper reports RACE as middle and high school together.
+      for name, source in (("race", "tfds:race/middle+race/high"),
+                           ("race-middle", "tfds:race/middle"), ("race-high", "tfds:race/high"))),
+)}
 
-def local_task(train_file: str, text_field: str, pair_field: str | None, label_field: str,
-               regression: bool = False, eval_file: str = "", test_file: str = "") -> Task:
-    """A classification (or regression) task from local jsonl / tsv / csv files."""
+TASKS = {**GLUE, **OTHERS}
+
+DEFAULT_METRICS = {"classification": ("accuracy",), "tokens": ("f1", "precision", "recall"),
+                   "qa": ("f1", "exact_match"), "choice": ("accuracy",)}
+PREDICTION_FILES = {"classification": "predictions.tsv", "tokens": "predictions.conll",
+                    "qa": "predictions.json", "choice": "predictions.jsonl"}
+
+
+def local_task(kind: str, train_file: str, eval_file: str = "", test_file: str = "",
+               text_field: str = "text", pair_field: str | None = None,
+               label_field: str = "label", regression: bool = False) -> Task:
+    """A task from local files: jsonl / tsv / csv (classification), CoNLL text or jsonl
+    (tokens), SQuAD json or jsonl (qa), jsonl (choice)."""
+    from roberta_jax.errors import UserError
+    if kind not in KINDS:
+        raise UserError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
     files = {"train": train_file, "dev": eval_file, "test": test_file}
-    return Task("local", train_file, text_field, pair_field or None, label_field,
-                () if regression else None, ("pearson", "spearman") if regression
-                else ("accuracy",), eval_splits=("dev",) if eval_file else (),
-                test_splits=(("test", "predictions.tsv"),) if test_file else (),
+    metrics = DEFAULT_METRICS[kind]
+    if kind == "classification" and regression:
+        metrics = ("pearson", "spearman")
+    return Task("local", kind, train_file, text_field, pair_field or None, label_field,
+                () if regression else None, metrics,
+                eval_splits=("dev",) if eval_file else (),
+                test_splits=(("test", PREDICTION_FILES[kind]),) if test_file else (),
                 files=tuple((k, v) for k, v in files.items() if v))
 
 
 def resolve(config) -> Task:
     from roberta_jax.errors import UserError
-    if config.task in GLUE:
-        return GLUE[config.task]
+    if config.task in TASKS:
+        return TASKS[config.task]
     if config.task == "local":
         if not config.train_file:
-            raise UserError("task=local needs --config.train_file (jsonl, tsv or csv)")
-        return local_task(config.train_file, config.text_field, config.pair_field,
-                          config.label_field, config.regression, config.eval_file,
-                          config.test_file)
-    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(GLUE)} or local")
+            raise UserError("task=local needs --config.train_file")
+        return local_task(config.kind, config.train_file, config.eval_file, config.test_file,
+                          config.text_field, config.pair_field, config.label_field,
+                          config.regression)
+    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)} or local")

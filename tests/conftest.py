@@ -59,3 +59,25 @@ def prepared_corpus(tmp_path_factory):
         prepare([str(root / f"{name}.txt")], str(root / "tokenizer"), str(root / f"{name}_prepared"),
                 doc_format="paragraphs", workers=1, progress=False)
     return root / "train_prepared", root / "held_out_prepared", root / "tokenizer"
+
+
+def tfds_records(records):
+    """A tfds.testing.mock_data hook: the data set's real features, carrying `records` (random
+    mock data would not keep words and tags, or questions and options, in step)."""
+    def as_dataset(builder, *args, **kwargs):
+        import tensorflow as tf
+        return tf.data.Dataset.from_generator(
+            lambda: iter(records), output_signature=builder.info.features.get_tensor_spec())
+    return as_dataset
+
+
+def small_bpe_tokenizer(corpus, directory):
+    """A byte-level BPE with RoBERTa's special tokens, trained on `corpus` (a few sentences)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from roberta_jax.data.tokenizer import load_tokenizer
+    bpe = tokenizers.ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus) * 10, vocab_size=320, min_frequency=1,
+                            show_progress=False,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(directory))
+    return load_tokenizer(directory)

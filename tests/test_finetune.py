@@ -97,3 +97,125 @@ def test_predict_writes_labels_and_scores_as_json_lines(small_model, tmp_path):
     for r in records:
         assert r["label"] in ("ok", "bad") and abs(sum(r["scores"].values()) - 1) < 1e-5
         assert r["score"] == max(r["scores"].values())
+
+
+# ------------------------------------------------------------- SQuAD, NER, multiple choice
+
+CONLL_TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+def _conll_records(n):
+    rng = np.random.default_rng(0)
+    people, places = ["Anna Berg", "Peter", "Li Wei"], ["Paris", "New York", "Oslo"]
+    records = []
+    for i in range(n):
+        person, place = people[i % 3].split(), places[rng.integers(3)].split()
+        words = person + ["lives", "in"] + place + ["."]
+        tags = (["B-PER"] + ["I-PER"] * (len(person) - 1) + ["O", "O"] + ["B-LOC"]
+                + ["I-LOC"] * (len(place) - 1) + ["O"])
+        records.append({"tokens": words, "ner": [CONLL_TAGS.index(t) for t in tags],
+                        "pos": [0] * len(words), "chunks": [0] * len(words)})
+    return records
+
+
+def _race_records(n):
+    import tensorflow as tf
+    return [{"article": f"Story {i}: the cat sat on the mat while the dog ran.",
+             "example_id": f"high{i}.txt", "questions": ["Where did the cat sit?", "The dog _ ."],
+             "options": tf.ragged.constant([["on the mat", "in a box", "up a tree", "nowhere"],
+                                            ["slept", "ran", "ate", "sang"]]),
+             "answers": ["A", "B"]} for i in range(n)]
+
+
+FINETUNE_SMALL = ["--config.seeds=(1,)", "--config.epochs=1", "--config.batch_size=8",
+                  "--config.max_length=64", "--config.max_query_length=16", "--config.stride=16",
+                  "--config.progress=False"]
+
+
+@pytest.mark.parametrize("task", ["squad1", "squad2", "conll2003", "race"])
+def test_qa_ner_and_choice_tasks_run_end_to_end_on_tfds_mock_data(small_model, tmp_path, task):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from conftest import tfds_records
+    from roberta_jax.finetune import finetune
+    config = load_config(str(ROOT / "configs" / "glue.py"),
+                         [f"--config.task={task}", f"--config.init={small_model}"] + FINETUNE_SMALL)
+    if task.startswith("squad"):
+        mock = tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE)
+    else:
+        records = _conll_records(24) if task == "conll2003" else _race_records(8)
+        mock = tfds.testing.mock_data(as_dataset_fn=tfds_records(records))
+    with mock:
+        summary = finetune(config, tmp_path)
+    best = summary["per_seed"]["1"]["best"]
+    if task.startswith("squad"):
+        assert 0 <= best["validation_exact_match"] <= best["validation_f1"] <= 100
+        assert ("validation_best_f1" in best) == (task == "squad2")
+    elif task == "conll2003":
+        assert {"validation_f1", "validation_precision", "validation_recall"} <= set(best)
+        lines = (tmp_path / "seed1" / "test_predictions.conll").read_text().split("\n\n")
+        assert len([s for s in lines if s.strip()]) == 24
+        first = [line.split() for line in lines[0].splitlines()]
+        assert [w for w, _ in first] == _conll_records(1)[0]["tokens"]
+        assert all(tag in CONLL_TAGS for _, tag in first)
+    else:
+        assert 0 <= best["dev_accuracy"] <= 1
+        rows = (tmp_path / "seed1" / "test_predictions.jsonl").read_text().splitlines()
+        assert len(rows) == 32 and json.loads(rows[0])["id"] == "high0.txt/0"  # middle + high
+    assert (tmp_path / "seed1" / "best" / "model.safetensors").is_file()
+
+
+def _local_files(kind, directory):
+    """(train, dev) files of a local task of `kind`."""
+    if kind == "tokens":
+        text = "".join(" ".join(f"{w} {CONLL_TAGS[t]}\n" for w, t in zip(r["tokens"], r["ner"]))
+                       .replace(" \n", "\n").replace("\n ", "\n") + "\n"
+                       for r in _conll_records(20))
+        files = [directory / "train.conll", directory / "dev.conll"]
+        for f in files:
+            f.write_text("-DOCSTART- -X- -X- O\n\n" + text)
+        return files
+    if kind == "qa":
+        paragraphs = [{"context": f"Alice was born in {city} in {year}.",
+                       "qas": [{"id": f"q{i}", "question": "Where was Alice born?",
+                                "answers": [{"text": city, "answer_start": 18}]},
+                               {"id": f"y{i}", "question": "When was Alice born?",
+                                "answers": [{"text": str(year), "answer_start": 22 + len(city)}]}]}
+                      for i, (city, year) in enumerate(zip(["Oslo", "Rome", "Lima", "Kyiv"] * 3,
+                                                            range(1990, 2002)))]
+        data = {"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}
+        files = [directory / "train.json", directory / "dev.json"]
+    else:
+        data = None
+        rows = [{"context": f"Tom has {n} apples.", "question": "How many apples has Tom?",
+                 "choices": [str(n), str(n + 1), str(n + 2)], "label": 0} for n in range(20)]
+        files = [directory / "train.jsonl", directory / "dev.jsonl"]
+    for f in files:
+        f.write_text(json.dumps(data) if data else "".join(json.dumps(r) + "\n" for r in rows))
+    return files
+
+
+@pytest.mark.parametrize("kind", ["tokens", "qa", "choice"])
+def test_local_files_of_every_kind_fine_tune_and_export_to_transformers(small_model, tmp_path,
+                                                                         kind):
+    from roberta_jax import parity
+    from roberta_jax.finetune import finetune
+    from roberta_jax.pretrained import from_pretrained
+    train, dev = _local_files(kind, tmp_path)
+    summary = finetune(load_config(str(ROOT / "configs" / "glue.py"), [
+        "--config.task=local", f"--config.kind={kind}", f"--config.train_file={train}",
+        f"--config.eval_file={dev}", f"--config.init={small_model}"] + FINETUNE_SMALL),
+        tmp_path / "w")
+    assert summary["median"]
+    best = tmp_path / "w" / "seed1" / "best"
+    model, params = from_pretrained(best)
+    head = {"tokens": "token-classification", "qa": "question-answering",
+            "choice": "multiple-choice"}[kind]
+    assert type(model).__name__ == parity.HF_CLASSES[head]
+    transformers = pytest.importorskip("transformers")
+    reference = getattr(transformers, parity.HF_CLASSES[head]).from_pretrained(best).eval()
+    ids, mask = parity.padded_batch(model.config.vocab_size, length=10,
+                                    choices=3 if kind == "choice" else None, seed=0)
+    ours = parity.our_outputs(model, params, head, ids, mask)
+    theirs = parity.hf_outputs(reference, head, ids, mask)
+    for name in ours:
+        np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4)

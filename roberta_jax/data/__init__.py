@@ -1,7 +1,11 @@
 """Input: tokenizers, corpus preparation, training and fine-tuning batches."""
 
-from roberta_jax.data.pipeline import (PretrainingBatches, check_compatible, keyed_permutation,
-                                       pretraining_batches)
+from roberta_jax.data.pipeline import (
+                                       PretrainingBatches,
+                                       check_compatible,
+                                       keyed_permutation,
+                                       pretraining_batches,
+)
 from roberta_jax.data.prepare import load_manifest, prepare
 from roberta_jax.data.tokenizer import Tokenizer, load_tokenizer, pad_batch
 from roberta_jax.data.train_tokenizer import train_tokenizer

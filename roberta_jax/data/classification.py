@@ -74,14 +74,21 @@ def _label_ids(raw, names, source):
     return np.asarray([index[s] for s in strings], np.int32), names
 
 
-def read_rows(path: pathlib.Path) -> list[dict]:
-    """Records of a jsonl file, or rows of a tsv / csv file with a header."""
+def read_utf8(path: pathlib.Path) -> str:
+    """The text of a file, or one clear line saying why it cannot be had."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
+
+
+def read_rows(path: pathlib.Path) -> list[dict]:
+    """Records of a jsonl file, or rows of a tsv / csv file with a header."""
+    text = read_utf8(path)
     if path.suffix in (".jsonl", ".json"):
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -96,20 +103,8 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 
 
 def _tfds_rows(name: str, split: str, data_dir: str | None) -> list[dict]:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise UserError("tfds inputs need tensorflow-datasets") from None
-    try:
-        dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # tfds raises assorted types for missing data
-        raise UserError(f"tfds:{name}: cannot load split {split!r} "
-                        f"({str(e).splitlines()[0][:200]})") from None
-    rows = []
-    for example in tfds.as_numpy(dataset):
-        rows.append({k: (v.decode("utf-8") if isinstance(v, bytes) else
-                         v.item() if hasattr(v, "item") else v) for k, v in example.items()})
-    return rows
+    from roberta_jax.data.tfds_records import read_tfds
+    return read_tfds(name, split, data_dir)[0]
 
 
 def encode(tokenizer: Tokenizer, examples: Examples, max_length: int,
@@ -126,22 +121,27 @@ def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
     return max(buckets)
 
 
-def batches(encoded: list[list[int]], labels, batch_size: int, pad_id: int,
-            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False):
-    """Fixed-size batches (the last one padded with weight-0 rows unless dropped)."""
-    order = np.arange(len(encoded)) if order is None else order
+def batch_rows(order: np.ndarray, batch_size: int, drop_last: bool = False):
+    """(rows, weights) per fixed-size batch of `order`: a short last batch is dropped, or filled
+    up with weight-0 copies of its first row so that every batch has the same shape."""
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         if len(rows) < batch_size and drop_last:
             return
         weights = np.zeros(batch_size, np.float32)
         weights[:len(rows)] = 1
-        padded_rows = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-        seqs = [encoded[i] for i in padded_rows]
+        yield np.concatenate([rows, np.full(batch_size - len(rows), rows[0])]), weights
+
+
+def batches(encoded: list[list[int]], labels, batch_size: int, pad_id: int,
+            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False):
+    """Fixed-size batches (see batch_rows) padded to the bucket of their longest row."""
+    order = np.arange(len(encoded)) if order is None else order
+    for rows, weights in batch_rows(order, batch_size, drop_last):
+        seqs = [encoded[i] for i in rows]
         length = bucket_length(max(len(s) for s in seqs), buckets)
         ids, mask = pad_batch(seqs, length, pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask, "weights": weights,
-                 "index": padded_rows}
+        batch = {"input_ids": ids, "attention_mask": mask, "weights": weights, "index": rows}
         if labels is not None:
-            batch["labels"] = labels[padded_rows]
+            batch["labels"] = labels[rows]
         yield batch

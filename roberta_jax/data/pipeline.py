@@ -26,7 +26,6 @@ from roberta_jax.data.prepare import TOKENIZER_DIR, load_manifest
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 
-
 # --------------------------------------------------------------------------- keyed permutation
 
 def _round_function(x: np.ndarray, key: int, round_: int, bits: int) -> np.ndarray:

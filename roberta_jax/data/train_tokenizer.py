@@ -10,8 +10,16 @@ import re
 import tempfile
 
 from roberta_jax.data.corpus import list_units, read_unit
-from roberta_jax.data.tokenizer import (BOS, EOS, MASK, PAD, SPM_FILE, UNK, Tokenizer,
-                                        load_tokenizer)
+from roberta_jax.data.tokenizer import (
+    BOS,
+    EOS,
+    MASK,
+    PAD,
+    SPM_FILE,
+    UNK,
+    Tokenizer,
+    load_tokenizer,
+)
 from roberta_jax.errors import UserError
 
 KINDS = ("sentencepiece", "bpe")

@@ -1,0 +1,331 @@
+"""What differs between fine-tuning tasks, behind one interface the training loop drives.
+
+A kind reads a split, turns it into model inputs ("features"), batches them to fixed shapes,
+defines the loss on the head's outputs, and turns the outputs of a whole split back into
+predictions, official metrics and prediction files:
+
+    classification   a label (or a score) per sentence or pair         GLUE, local tsv/jsonl
+    tokens           a tag per word, on the word's first sub-token     CoNLL-2003 NER
+    qa               an answer span in a passage, or none (v2)         SQuAD v1.1 / v2.0
+    choice           the right one of N candidate answers              RACE, local jsonl
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from roberta_jax import metrics as metric_fns
+from roberta_jax import qa
+from roberta_jax.data import choices as choice_data
+from roberta_jax.data import classification as cls_data
+from roberta_jax.data import tokens as token_data
+
+IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
+
+
+def _cross_entropy(logits, labels):
+    """Per-row cross entropy; rows whose label is IGNORE give 0."""
+    logits = logits.astype(jnp.float32)
+    safe = jnp.where(labels == IGNORE, 0, labels)
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), safe[..., None], -1)[..., 0]
+    return jnp.where(labels == IGNORE, 0.0, nll)
+
+
+def _weighted_mean(values, weights):
+    return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+@dataclasses.dataclass
+class Split:
+    """One split of a task, read and encoded."""
+    data: object          # what the kind's reader returned
+    features: object      # what the kind's encoder returned
+    size: int             # feature rows (a SQuAD example may give several windows)
+
+
+# ============================================================================ classification
+
+class Classification:
+    head = "sequence-classification"
+
+    def __init__(self, task, config):
+        self.task, self.config = task, config
+
+    def read(self, split: str, label_names):
+        source, within = self.task.where(split)
+        return cls_data.read_examples(
+            source, self.task.text_field, self.task.pair_field, self.task.label_field,
+            label_names=label_names, regression=self.task.regression, split=within,
+            tfds_data_dir=self.config.tfds_data_dir or None)
+
+    def initial_labels(self):
+        return list(self.task.labels) if self.task.labels else None
+
+    def has_labels(self, data) -> bool:
+        return data.labels is not None
+
+    def num_labels(self, label_names) -> int | None:
+        return 1 if self.task.regression else len(label_names)
+
+    def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
+        encoded = cls_data.encode(tokenizer, data, max_length)
+        return Split(data, encoded, len(encoded))
+
+    def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
+        yield from cls_data.batches(split.features, split.data.labels, batch_size, pad_id,
+                                    buckets, order, drop_last)
+
+    def loss(self, output, batch):
+        logits = output.logits.astype(jnp.float32)
+        if self.task.regression:
+            per_example = (logits[:, 0] - batch["labels"]) ** 2
+        else:
+            per_example = _cross_entropy(logits, batch["labels"])
+        return _weighted_mean(per_example, batch["weights"])
+
+    def outputs(self, output):
+        return output.logits.astype(jnp.float32)
+
+    def predictions(self, split: Split, logits):
+        return logits[:, 0] if self.task.regression else logits.argmax(-1)
+
+    def evaluate(self, split: Split, outputs, label_names) -> dict:
+        predicted = self.predictions(split, outputs)
+        return {name: metric_fns.METRICS[name](split.data.labels, predicted)
+                for name in self.task.metrics}
+
+    def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
+        # GLUE's submission format: index <tab> label name (or score for STS-B).
+        lines = ["index\tprediction"]
+        for i, p in zip(split.data.ids, self.predictions(split, outputs)):
+            lines.append(f"{i}\t{float(p):.3f}" if self.task.regression
+                         else f"{i}\t{label_names[int(p)]}")
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# ==================================================================================== tokens
+
+@dataclasses.dataclass
+class _TokenFeatures:
+    ids: list[list[int]]
+    labels: list[list[int]]
+    word_index: list[list[int]]
+
+
+class Tokens:
+    head = "token-classification"
+
+    def __init__(self, task, config):
+        self.task, self.config = task, config
+
+    def read(self, split: str, label_names):
+        source, within = self.task.where(split)
+        if source.startswith("tfds:"):
+            examples, names = token_data.read_tfds_tokens(
+                source[5:], within, self.config.tfds_data_dir or None,
+                words_field=self.task.text_field, tags_field=self.task.label_field)
+        else:
+            examples, names = token_data.read_conll(source, tag_names=label_names), None
+        if label_names is not None:
+            if examples.tags is not None:
+                token_data.tag_ids(examples.tags, label_names)  # an unknown tag is an error
+            return examples, label_names
+        if names is None and examples.tags is not None:
+            names = token_data.tag_vocabulary(examples.tags)
+        return examples, names
+
+    def initial_labels(self):
+        return None
+
+    def has_labels(self, data) -> bool:
+        return data.tags is not None
+
+    def num_labels(self, label_names) -> int:
+        return len(label_names)
+
+    def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
+        tag_ids = (token_data.tag_ids(data.tags, label_names) if data.tags is not None
+                   else [None] * len(data.words))
+        encoded = [token_data.encode_words(tokenizer, words, tags, max_length)
+                   for words, tags in zip(data.words, tag_ids)]
+        return Split(data, _TokenFeatures(*map(list, zip(*encoded))) if encoded
+                     else _TokenFeatures([], [], []), len(encoded))
+
+    def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
+        labels = split.features.labels if split.data.tags is not None else None
+        yield from token_data.token_batches(split.features.ids, labels, batch_size, pad_id,
+                                            buckets, order, drop_last)
+
+    def loss(self, output, batch):
+        # The mean over every labelled token in the batch, as transformers computes it.
+        labelled = (batch["labels"] != IGNORE) * batch["weights"][:, None]
+        return jnp.sum(_cross_entropy(output.logits, batch["labels"]) * labelled) / jnp.maximum(
+            jnp.sum(labelled), 1.0)
+
+    def outputs(self, output):
+        return output.logits.astype(jnp.float32)
+
+    def tag_predictions(self, split: Split, outputs, label_names) -> list[list[str]]:
+        outside = label_names.index(token_data.OUTSIDE) if token_data.OUTSIDE in label_names \
+            else 0
+        return [[label_names[t] for t in token_data.word_predictions(
+                    outputs[n], split.features.word_index[n], len(words), outside)]
+                for n, words in enumerate(split.data.words)]
+
+    def evaluate(self, split: Split, outputs, label_names) -> dict:
+        scores = metric_fns.entity_scores(split.data.tags,
+                                          self.tag_predictions(split, outputs, label_names))
+        return {name: scores[name] for name in self.task.metrics}
+
+    def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
+        # CoNLL layout: word and predicted tag per line, a blank line after each sentence.
+        with open(path, "w", encoding="utf-8") as f:
+            for words, tags in zip(split.data.words,
+                                   self.tag_predictions(split, outputs, label_names)):
+                f.writelines(f"{w} {t}\n" for w, t in zip(words, tags))
+                f.write("\n")
+
+
+# ======================================================================================== qa
+
+class SpanQA:
+    head = "question-answering"
+
+    def __init__(self, task, config):
+        self.task, self.config = task, config
+        self.version_2 = "v2" in task.source
+
+    def read(self, split: str, label_names):
+        source, within = self.task.where(split)
+        examples = qa.read_squad(source, within, self.config.tfds_data_dir or None)
+        if any(not e.answers for e in examples) and split == "train":
+            self.version_2 = True  # unanswerable questions: decode with a no-answer option
+        return examples, None
+
+    def initial_labels(self):
+        return None
+
+    def has_labels(self, data) -> bool:
+        return True
+
+    def num_labels(self, label_names) -> int:
+        return 2  # a start and an end logit per token
+
+    def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
+        features = qa.make_features(tokenizer, data, max_length, self.config.stride,
+                                    self.config.max_query_length)
+        return Split(data, features, len(features.example_index))
+
+    def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
+        # Windows are already max_length long; no bucketing, so outputs stack across batches.
+        f = split.features
+        order = np.arange(split.size) if order is None else order
+        for rows, weights in cls_data.batch_rows(order, batch_size, drop_last):
+            yield {"input_ids": f.input_ids[rows], "attention_mask": f.attention_mask[rows],
+                   "start_positions": f.start_positions[rows],
+                   "end_positions": f.end_positions[rows], "weights": weights, "index": rows}
+
+    def loss(self, output, batch):
+        per_example = (_cross_entropy(output.start_logits, batch["start_positions"])
+                       + _cross_entropy(output.end_logits, batch["end_positions"])) / 2
+        return _weighted_mean(per_example, batch["weights"])
+
+    def outputs(self, output):
+        return jnp.stack([output.start_logits, output.end_logits], -1).astype(jnp.float32)
+
+    def answers(self, split: Split, outputs) -> dict:
+        return qa.decode(split.data, split.features, outputs[..., 0], outputs[..., 1],
+                         n_best=self.config.n_best, max_answer_length=self.config.max_answer_length,
+                         version_2=self.version_2, null_threshold=self.config.null_threshold)
+
+    def evaluate(self, split: Split, outputs, label_names) -> dict:
+        decoded = self.answers(split, outputs)
+        scores = qa.evaluate(split.data, {k: v["text"] for k, v in decoded.items()})
+        scores = {k: v for k, v in scores.items() if not k.endswith("_total")}
+        if self.version_2:
+            scores["best_f1"], scores["best_f1_threshold"] = qa.best_null_threshold(
+                split.data, decoded)
+        return scores
+
+    def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
+        # The official evaluation script's input: {question id: answer text}; for v2 also the
+        # no-answer odds it uses to pick a threshold.
+        decoded = self.answers(split, outputs)
+        path.write_text(json.dumps({k: v["text"] for k, v in decoded.items()},
+                                   ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        if self.version_2:
+            odds = {k: v["null_score"] - v["score"] for k, v in decoded.items()}
+            path.with_name(path.stem + "_null_odds.json").write_text(json.dumps(odds) + "\n")
+
+
+# ==================================================================================== choice
+
+class Choice:
+    head = "multiple-choice"
+
+    def __init__(self, task, config):
+        self.task, self.config = task, config
+
+    def read(self, split: str, label_names):
+        source, within = self.task.where(split)
+        parts = [choice_data.read_choices(
+            part if part.startswith("tfds:") or not source.startswith("tfds:") else f"tfds:{part}",
+            within, self.config.tfds_data_dir or None) for part in source.split("+")]
+        return _concatenate_choices(parts), None
+
+    def initial_labels(self):
+        return None
+
+    def has_labels(self, data) -> bool:
+        return data.labels is not None
+
+    def num_labels(self, label_names) -> None:
+        return None  # one score per choice, whatever the number of choices
+
+    def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
+        encoded = choice_data.encode_choices(tokenizer, data, max_length)
+        return Split(data, encoded, len(encoded))
+
+    def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
+        yield from choice_data.choice_batches(split.features, split.data.labels, batch_size,
+                                              pad_id, buckets, order, drop_last)
+
+    def loss(self, output, batch):
+        return _weighted_mean(_cross_entropy(output.logits, batch["labels"]), batch["weights"])
+
+    def outputs(self, output):
+        return output.logits.astype(jnp.float32)
+
+    def evaluate(self, split: Split, outputs, label_names) -> dict:
+        return {"accuracy": metric_fns.accuracy(split.data.labels, outputs.argmax(-1))}
+
+    def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
+        with open(path, "w", encoding="utf-8") as f:
+            for i, scores in zip(split.data.ids, outputs):
+                f.write(json.dumps({"id": i, "prediction": int(scores.argmax()),
+                                    "scores": [float(s) for s in scores]}) + "\n")
+
+
+def _concatenate_choices(parts):
+    if len(parts) == 1:
+        return parts[0]
+    labels = [p.labels for p in parts]
+    return choice_data.ChoiceExamples(
+        contexts=[c for p in parts for c in p.contexts],
+        questions=[q for p in parts for q in p.questions],
+        choices=[c for p in parts for c in p.choices],
+        labels=None if any(x is None for x in labels) else np.concatenate(labels),
+        ids=[i for p in parts for i in p.ids])
+
+
+KINDS = {"classification": Classification, "tokens": Tokens, "qa": SpanQA, "choice": Choice}
+
+
+def for_task(task, config):
+    return KINDS[task.kind](task, config)
