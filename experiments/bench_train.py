@@ -39,7 +39,7 @@ def _flops_per_token(shape, head_fraction):
 
 
 def synthetic_step(layers, hidden, heads, ffn, vocab, batch, seq_len, dtype="float32",
-                   scan_layers=True, remat=""):
+                   scan_layers=True, remat="", attention="eager", attention_dropout=0.1):
     """Our real jitted train step (train.make_steps) on a fixed random batch: (step, state,
     batch, masked-slot share of positions). Shared with gpu_bench.py."""
     import jax
@@ -52,7 +52,8 @@ def synthetic_step(layers, hidden, heads, ffn, vocab, batch, seq_len, dtype="flo
     config = default_config()
     config.model.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                         intermediate_size=ffn, dtype=dtype, scan_layers=scan_layers,
-                        remat_policy=remat)
+                        remat_policy=remat, attention_implementation=attention,
+                        attention_probs_dropout_prob=attention_dropout)
     config.train.update(steps=1000, warmup_steps=10, seq_len=seq_len, batch_size=batch)
     cfg = model_config(config, vocab)
     model = RobertaForMaskedLM(cfg, dtype=jnp.dtype(dtype), scan_layers=scan_layers,
@@ -68,11 +69,17 @@ def synthetic_step(layers, hidden, heads, ffn, vocab, batch, seq_len, dtype="flo
         "masked_labels": rng.integers(4, vocab, (batch, slots)).astype(np.int32),
         "masked_weights": np.ones((batch, slots), np.float32),
     })
-    params = strip_boxes(model.init(jax.random.key(0), data["input_ids"][:1],
-                                    masked_positions=data["masked_positions"][:1])["params"])
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       dropout_key=jax.random.key_data(jax.random.key(1)),
-                       loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
+
+    def init():
+        # Jitted, as train.py does, so no eager temporaries inflate the peak memory.
+        params = strip_boxes(model.init(jax.random.key(0), data["input_ids"][:1],
+                                        masked_positions=data["masked_positions"][:1])["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params),
+                          dropout_key=jax.random.key_data(jax.random.key(1)),
+                          loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
+
+    state = jax.jit(init)()
     return jax.jit(train_step, donate_argnums=0), state, data, slots / seq_len
 
 
@@ -92,9 +99,22 @@ def time_steps(step, state, data, steps):
     return first, statistics.median(times)
 
 
-def run_ours(shape, threads, scan_layers=True):
+# Our variants: (nn.scan over layers, remat policy, attention implementation).
+VARIANTS = {
+    "scan": (True, "", "eager"),
+    "unrolled": (False, "", "eager"),
+    "scan+remat": (True, "checkpoint_dots", "eager"),
+    "scan+jax-attn": (True, "", "jax"),
+}
+
+
+def run_ours(shape, threads, variant="scan"):
     *dims, steps = shape
-    step, state, data, head_fraction = synthetic_step(*dims, scan_layers=scan_layers)
+    scan_layers, remat, attention = VARIANTS[variant]
+    # jax.nn.dot_product_attention has no dropout: that variant trains without it.
+    step, state, data, head_fraction = synthetic_step(
+        *dims, scan_layers=scan_layers, remat=remat, attention=attention,
+        attention_dropout=0.0 if attention != "eager" else 0.1)
     first, median = time_steps(step, state, data, steps)
     return {"first_step_seconds": first, "step_seconds": median, "head_fraction": head_fraction}
 
@@ -147,13 +167,13 @@ def child(side, shape_name, threads):
     if side == "peer":
         result = run_peer(shape, threads)
     else:
-        result = run_ours(shape, threads, scan_layers=side != "ours-unrolled")
+        result = run_ours(shape, threads, variant=side)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def measure(side, shape_name, threads):
-    """Run one side in a fresh process; side is "ours", "ours-unrolled" or "peer".""" 
+    """Run one side in a fresh process; side is one of VARIANTS or "peer".""" 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), XLA_FLAGS="", JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, __file__, "--child", side, shape_name, str(threads)],
                          capture_output=True, text=True, env=env)
@@ -177,22 +197,24 @@ def main():
     for name in args.shapes:
         shape = SHAPES[name]
         tokens = shape[5] * shape[6]
-        sides = {side: measure(side, name, args.threads)
-                 for side in ("ours", "ours-unrolled", "peer")}
+        variants = [v for v in VARIANTS if v != "scan+jax-attn" or name != "base-512"]
+        sides = {side: measure(side, name, args.threads) for side in variants + ["peer"]}
         for side, r in sides.items():
             r["tokens_per_second"] = tokens / r["step_seconds"]
             r["flops"] = _flops_per_token(shape, r["head_fraction"]) * r["tokens_per_second"]
             r["ceiling_share"] = r["flops"] / ceiling
-        best = min(("ours", "ours-unrolled"), key=lambda k: sides[k]["step_seconds"])
+        best = min(variants, key=lambda k: sides[k]["step_seconds"])
         ratio = sides[best]["step_seconds"] / sides["peer"]["step_seconds"]
         rows.append((name, shape, sides, ratio, best))
-        o, p = sides[best], sides["peer"]
-        print(f"{name}: ours ({best}) {o['step_seconds']:.3f} s/step (scan "
-              f"{sides['ours']['step_seconds']:.3f}), HF torch {p['step_seconds']:.3f} "
-              f"s/step, ratio {ratio:.2f}; FLOP/s {o['flops'] / 1e9:.1f} vs "
-              f"{p['flops'] / 1e9:.1f} G ({100 * o['ceiling_share']:.0f}% vs "
-              f"{100 * p['ceiling_share']:.0f}% of ceiling); peak RSS {o['peak_rss_mb']:.0f} vs "
-              f"{p['peak_rss_mb']:.0f} MB", flush=True)
+        p = sides["peer"]
+        for side in variants:
+            o = sides[side]
+            print(f"{name} {side:14s}: {o['step_seconds']:.3f} s/step vs HF torch "
+                  f"{p['step_seconds']:.3f} ({o['step_seconds'] / p['step_seconds']:.2f}x); "
+                  f"{o['flops'] / 1e9:.1f} vs {p['flops'] / 1e9:.1f} GFLOP/s "
+                  f"({100 * o['ceiling_share']:.0f}% vs {100 * p['ceiling_share']:.0f}% of "
+                  f"ceiling); first step {o['first_step_seconds']:.1f} s; peak RSS "
+                  f"{o['peak_rss_mb']:.0f} vs {p['peak_rss_mb']:.0f} MB", flush=True)
     _write(rows, ceiling, args.threads)
 
 
@@ -210,22 +232,27 @@ def _write(rows, ceiling, threads):
              "DESIGN A5 for the work each side does: Hugging Face computes the 50265-word head at "
              "every position, we at the masked slots (15% + 1 per row), with the vocabulary "
              "padded to 50304 internally. Memory: peak RSS of the side's process.", "",
-             "Ours twice: layers under `nn.scan` (the default config: one compiled layer) and "
-             "unrolled (`--config.model.scan_layers=false`); first step = compile + one step.", "",
-             "| shape (batch x seq) | ours scan s/step | ours unrolled s/step | HF torch s/step | "
-             "best ours / HF | ours tokens/s | ours FLOP/s (% ceiling) | HF FLOP/s (% ceiling) | "
-             "first step s scan / unrolled | peak RSS scan / unrolled / HF MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Our variants, each in its own process: `scan` (the default config: layers under "
+             "`nn.scan`, one compiled layer), `unrolled` (`--config.model.scan_layers=false`), "
+             "`scan+remat` (`--config.model.remat_policy=checkpoint_dots`: matmul outputs kept, "
+             "the rest recomputed in the backward pass) and `scan+jax-attn` "
+             "(`--config.model.attention_implementation=jax`, jax.nn.dot_product_attention; "
+             "it has no attention dropout, so that variant trains without it). First step = "
+             "compile + one step.", "",
+             "| shape (batch x seq) | ours variant | s/step | vs HF torch | tokens/s | "
+             "FLOP/s (% ceiling) | first step s | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, shape, sides, ratio, best in rows:
-        s, u, p, o = sides["ours"], sides["ours-unrolled"], sides["peer"], sides[best]
-        lines.append(
-            f"| {name} ({shape[5]} x {shape[6]}) | {s['step_seconds']:.3f} | "
-            f"{u['step_seconds']:.3f} | {p['step_seconds']:.3f} | {ratio:.2f} | "
-            f"{o['tokens_per_second']:,.0f} | "
-            f"{o['flops'] / 1e9:.1f} G ({100 * o['ceiling_share']:.0f}%) | "
-            f"{p['flops'] / 1e9:.1f} G ({100 * p['ceiling_share']:.0f}%) | "
-            f"{s['first_step_seconds']:.1f} / {u['first_step_seconds']:.1f} | "
-            f"{s['peak_rss_mb']:,.0f} / {u['peak_rss_mb']:,.0f} / {p['peak_rss_mb']:,.0f} |")
+        p = sides["peer"]
+        for side, o in sides.items():
+            label = "**HF torch**" if side == "peer" else (f"**{side}**" if side == best
+                                                           else side)
+            lines.append(
+                f"| {name} ({shape[5]} x {shape[6]}) | {label} | {o['step_seconds']:.3f} | "
+                f"{o['step_seconds'] / p['step_seconds']:.2f} | "
+                f"{o['tokens_per_second']:,.0f} | "
+                f"{o['flops'] / 1e9:.1f} G ({100 * o['ceiling_share']:.0f}%) | "
+                f"{o['first_step_seconds']:.1f} | {o['peak_rss_mb']:,.0f} |")
     write_section("train", "\n".join(lines))
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU, under 8 minutes: roberta-base at 512 tokens in bf16, a remat x batch sweep, tokens/s
-# and MFU against the card's dense bf16 peak. Writes the "gpu" section of BENCHMARKS.md.
+# One GPU, under 8 minutes: roberta-base at 512 tokens in bf16, an attention x remat x batch
+# sweep, tokens/s and MFU against the card's dense bf16 peak. Writes the "gpu" section of
+# BENCHMARKS.md.
 #   bash experiments/gpu_bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

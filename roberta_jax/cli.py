@@ -65,8 +65,9 @@ def _demo(args) -> None:
 
 def _predict(args) -> None:
     from roberta_jax.predict import predict, read_inputs
-    predict(args.model, read_inputs(args.input, args.text_field, args.pair_field),
-            batch_size=args.batch_size, top_k=args.top_k)
+    predict(args.model, read_inputs(args.input), text_field=args.text_field,
+            pair_field=args.pair_field, batch_size=args.batch_size, top_k=args.top_k,
+            allow_no_answer=args.allow_no_answer)
 
 
 def _export(args) -> None:
@@ -162,14 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "re-run to resume")
     p.set_defaults(run=_finetune, overrides_allowed=True)
 
-    p = commands.add_parser("predict", help="labels and scores (classifiers) or mask fills "
-                            "(masked LMs) as JSON lines, for text on stdin or in a jsonl file")
+    p = commands.add_parser("predict", help="JSON lines of labels and scores, tags and entities, "
+                            "answer spans, choices or mask fills, whatever the model's head")
     p.add_argument("--model", required=True, help="a Hugging Face directory with a tokenizer")
-    p.add_argument("--input", help="jsonl file (default: one text per line on stdin)")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--pair-field")
+    p.add_argument("--input", help="jsonl / tsv / csv file (default: stdin, one JSON object or "
+                   "plain text per line)")
+    p.add_argument("--text-field", default="text", help="classifiers, taggers, masked LMs")
+    p.add_argument("--pair-field", help="sentence-pair classifiers: the second text's field")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--top-k", type=int, default=5, help="masked LM: guesses per <mask>")
+    p.add_argument("--allow-no-answer", action="store_true",
+                   help="QA models trained on SQuAD v2: answer \"\" when no answer wins")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("export", help="a pretraining workdir -> a Hugging Face directory")

@@ -18,6 +18,7 @@ from roberta_jax.errors import UserError
 # model_type values whose checkpoints are exactly this architecture (post-LN, RoBERTa positions).
 ROBERTA_MODEL_TYPES = ("roberta", "xlm-roberta", "camembert")
 
+ATTENTION_IMPLEMENTATIONS = ("eager", "jax", "cudnn")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish")
 
 # transformers.RobertaConfig's defaults, used for fields a config.json leaves out.
@@ -66,6 +67,12 @@ class RobertaConfig:
     labels: tuple[str, ...] = ("LABEL_0", "LABEL_1")
     # "roberta", "xlm-roberta" or "camembert": the same network, kept for the export.
     model_type: str = "roberta"
+    # How attention is computed (not part of config.json; the weights are the same):
+    # "eager": einsums and a softmax, written out; "jax": jax.nn.dot_product_attention, which
+    # picks cuDNN's fused kernel on GPU where it can and XLA elsewhere; "cudnn": insist on it.
+    # The fused kernels do not expose the probabilities, so attention dropout while training
+    # falls back to "eager".
+    attention_implementation: str = "eager"
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -76,6 +83,9 @@ class RobertaConfig:
             raise UserError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
         if not self.labels:
             raise UserError("num_labels must be at least 1")
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise UserError(f"attention_implementation {self.attention_implementation!r}: use "
+                            f"one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
         if self.max_position_embeddings < self.pad_token_id + 2:
             raise UserError("max_position_embeddings must leave room for RoBERTa's offset positions")
 

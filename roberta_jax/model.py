@@ -188,6 +188,17 @@ class RobertaSelfAttention(nn.Module):
             return y.reshape(*y.shape[:-1], heads, head_dim)
 
         query, key, value = project("query"), project("key"), project("value")
+        fused = c.attention_implementation != "eager" and (
+            deterministic or c.attention_probs_dropout_prob == 0)
+        if fused:
+            # An additive bias rather than a boolean mask: a fully padded row then attends
+            # uniformly, as the eager path does, instead of becoming zeros.
+            bias = jnp.where(attention_bias == 0, 0, jnp.finfo(query.dtype).min).astype(
+                query.dtype)
+            context = jax.nn.dot_product_attention(
+                query, key, value, bias=bias,
+                implementation=None if c.attention_implementation == "jax" else "cudnn")
+            return context.reshape(*context.shape[:-2], c.hidden_size)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * (head_dim ** -0.5)
         # Softmax in fp32 whatever the compute dtype: bf16 scores lose the small probabilities.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)

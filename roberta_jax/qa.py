@@ -290,11 +290,13 @@ def _nbest(context, offsets, start_logits, end_logits, windows, n_best, max_answ
     candidates.sort(key=lambda c: -c[0])
     nbest, seen = [], set()
     for score, w, start, end in candidates:
-        text = context[offsets[w][start][0]:offsets[w][end][1]]
+        begin, finish = offsets[w][start][0], offsets[w][end][1]
+        text = context[begin:finish]
         if text in seen:
             continue
         seen.add(text)
-        nbest.append({"text": text, "start_logit": float(start_logits[w, start]),
+        nbest.append({"text": text, "start": begin, "end": finish,
+                      "start_logit": float(start_logits[w, start]),
                       "end_logit": float(end_logits[w, end]), "score": score})
         if len(nbest) == n_best:
             break

@@ -87,7 +87,8 @@ def model_config(config, vocab_size: int) -> RobertaConfig:
         num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
         hidden_act=m.hidden_act, hidden_dropout_prob=m.hidden_dropout_prob,
         attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=m.max_position_embeddings, layer_norm_eps=m.layer_norm_eps)
+        max_position_embeddings=m.max_position_embeddings, layer_norm_eps=m.layer_norm_eps,
+        attention_implementation=m.attention_implementation)
 
 
 def check_workdir_config(workdir: pathlib.Path, config) -> None:

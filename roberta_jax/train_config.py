@@ -34,6 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.scan_layers = True                # one compiled layer under nn.scan (fast compiles)
     m.remat_policy = ""                 # "", "full", or a jax.checkpoint_policies name
+    m.attention_implementation = "eager"  # or "jax" / "cudnn": jax.nn.dot_product_attention
     m.init_from = ""                    # start from these weights (HF dir / fairseq / export)
 
     c.data = d = ml_collections.ConfigDict()

@@ -36,6 +36,10 @@ def world(prepared_corpus, tmp_path_factory):
     (w / "a_file").write_text("not a directory")
     (w / "full").mkdir()
     (w / "full" / "keep.txt").write_text("precious")
+    make_hf_model("sequence-classification", num_labels=2).save_pretrained(w / "cls2")
+    (w / "three_labels.jsonl").write_text("".join(
+        json.dumps({"text": f"t {i}", "label": "abc"[i % 3]}) + "\n" for i in range(9)))
+    (w / "not_squad.json").write_text(json.dumps({"version": "1.1", "articles": []}))
     (w / "train.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "label": "x" if i % 2 else "y"})
                                            + "\n" for i in range(8)))
     (w / "nolabel.jsonl").write_text(json.dumps({"text": "t"}) + "\n")
@@ -147,6 +151,19 @@ CASES = {
         ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
          "--config.task=local", f"--config.train_file={w}/train.jsonl", f"--config.init={w}/hf",
          f"--config.tokenizer={t}", "--config.seeds=(1,)"], "do not belong together"),
+    "finetune: more labels than the checkpoint's head": lambda w, d, t: (
+        ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
+         "--config.task=local", f"--config.train_file={w}/three_labels.jsonl",
+         f"--config.init={w}/cls2", f"--config.tokenizer={t}", "--config.seeds=(1,)"],
+        "head has 2 label(s) but this task has 3"),
+    "finetune: unknown kind of local task": lambda w, d, t: (
+        ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
+         "--config.task=local", "--config.kind=ranking", f"--config.train_file={w}/train.jsonl",
+         f"--config.tokenizer={t}"], "unknown kind 'ranking'"),
+    "finetune: QA file that is not SQuAD": lambda w, d, t: (
+        ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
+         "--config.task=local", "--config.kind=qa", f"--config.train_file={w}/not_squad.json",
+         f"--config.tokenizer={t}"], "not_squad.json"),
     # export
     "export: not a workdir": lambda w, d, t: (
         ["export", "--workdir", f"{w}/full", "--output", f"{w}/o"], "not a pretraining workdir"),

@@ -59,6 +59,25 @@ def test_glue_task_runs_end_to_end_on_tfds_mock_data(small_model, tmp_path, task
     assert (tmp_path / "seed1" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("task", ["cola", "mrpc", "qqp", "qnli", "rte", "wnli"])
+def test_the_other_glue_tasks_run_end_to_end_on_tfds_mock_data(small_model, tmp_path, task):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from roberta_jax import tasks
+    from roberta_jax.finetune import finetune
+    config = load_config(str(ROOT / "configs" / "glue.py"), [
+        f"--config.task={task}", f"--config.init={small_model}", "--config.seeds=(1,)",
+        "--config.epochs=1", "--config.batch_size=8", "--config.max_length=32",
+        "--config.progress=False"])
+    with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
+        summary = finetune(config, tmp_path)
+    metric = tasks.GLUE[task].metrics[0]
+    assert f"validation_{metric}" in summary["median"]
+    submission = tasks.GLUE[task].test_splits[0][1]
+    lines = (tmp_path / "seed1" / submission).read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 17
+    assert {line.split("\t")[1] for line in lines[1:]} <= set(tasks.GLUE[task].labels)
+
+
 def test_local_files_fine_tune_and_resume(small_model, tmp_path, capsys):
     from roberta_jax.finetune import finetune
     rows = [{"text": f"sentence {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2
@@ -90,7 +109,7 @@ def test_predict_writes_labels_and_scores_as_json_lines(small_model, tmp_path):
         "--config.seeds=(1,)", "--config.epochs=1", "--config.batch_size=8",
         "--config.max_length=32"]), tmp_path / "w")
     out = io.StringIO()
-    predict(str(tmp_path / "w" / "seed1" / "best"), [(r["text"], None) for r in rows[:5]],
+    predict(str(tmp_path / "w" / "seed1" / "best"), [{"text": r["text"]} for r in rows[:5]],
             out=out)
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(records) == 5
@@ -219,3 +238,28 @@ def test_local_files_of_every_kind_fine_tune_and_export_to_transformers(small_mo
     theirs = parity.hf_outputs(reference, head, ids, mask)
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4)
+
+    import io
+    from roberta_jax.predict import predict
+    inputs = {"tokens": [{"text": "Anna Berg lives in Oslo ."}, {"tokens": ["Peter", "."]}],
+              "qa": [{"question": "Where was Alice born?",
+                      "context": "Alice was born in Rome in 1995."}],
+              "choice": [{"context": "Tom has 3 apples.", "question": "How many?",
+                          "choices": ["3", "4", "5"]}]}[kind]
+    out = io.StringIO()
+    predict(str(best), inputs, out=out)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == len(inputs)
+    if kind == "tokens":
+        assert records[0]["tokens"] == ["Anna", "Berg", "lives", "in", "Oslo", "."]
+        assert all(t in CONLL_TAGS for r in records for t in r["tags"])
+        assert len(records[1]["tags"]) == 2
+        for entity in records[0]["entities"]:
+            assert entity["text"] == " ".join(records[0]["tokens"][entity["start"]:entity["end"]])
+    elif kind == "qa":
+        answer = records[0]
+        context = inputs[0]["context"]
+        assert answer["answer"] and context[answer["start"]:answer["end"]] == answer["answer"]
+    else:
+        assert records[0]["choice"] == ["3", "4", "5"][records[0]["prediction"]]
+        assert abs(sum(records[0]["scores"]) - 1) < 1e-5

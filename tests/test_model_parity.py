@@ -38,6 +38,25 @@ def test_scanned_and_rematerialised_layers_compute_the_same(tmp_path, task):
             np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("task", ["masked-lm", "question-answering", "multiple-choice"])
+def test_attention_through_jax_dot_product_attention_matches_transformers(tmp_path, task):
+    import jax
+    hf_model = make_hf_model(task)
+    hf_model.save_pretrained(tmp_path)
+    ids, mask = batch_for(task)
+    want = hf_outputs(hf_model, task, ids, mask)
+    model, params = rj.from_pretrained(tmp_path, task=task)
+    model = model.clone(config=model.config.replace(attention_implementation="jax"))
+    got = our_outputs(model, params, task, ids, mask)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=0)
+    # Training with attention dropout needs the probabilities: it falls back to the eager path.
+    assert jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask,
+                                         deterministic=False,
+                                         rngs={"dropout": jax.random.key(0)})).lower(params) \
+        is not None
+
+
 def test_explicit_position_ids_are_used_as_given(tmp_path):
     torch = pytest.importorskip("torch")
     hf_model = make_hf_model("base")

@@ -215,7 +215,9 @@ def test_the_best_span_may_come_from_the_second_of_two_overlapping_windows():
     assert result["text"] == "zeta eta" and result["score"] == 6.0
     nbest = result["nbest"]
     assert [c["text"] for c in nbest[:2]] == ["zeta eta", "beta"]
-    assert nbest[0] == {"text": "zeta eta", "start_logit": 3.0, "end_logit": 3.0, "score": 6.0}
+    assert nbest[0] == {"text": "zeta eta", "start": SPANS[5][0], "end": SPANS[6][1],
+                        "start_logit": 3.0, "end_logit": 3.0, "score": 6.0}
+    assert WORDS[nbest[0]["start"]:nbest[0]["end"]] == "zeta eta"
     assert len(nbest) == 5 and len({c["text"] for c in nbest}) == 5
     assert [c["score"] for c in nbest] == sorted((c["score"] for c in nbest), reverse=True)
 
