@@ -21,8 +21,31 @@ from roberta_jax.config import RobertaConfig
 
 Dtype = Any
 
+
+@jax.custom_vjp
+def gelu(x):
+    """Exact (erf) GELU, as RoBERTa uses. Its gradient is written out so that the backward pass
+    keeps only `x`: autodiff of the erf form also keeps the erf and exp terms, two more tensors
+    of the FFN's width per layer (300 MB at roberta-base, batch 8 x 128), for no saved work."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_forward(x):
+    return gelu(x), x
+
+
+def _gelu_backward(x, grad):
+    # d/dx [x * Phi(x)] = Phi(x) + x * phi(x), computed in fp32 for half-precision inputs.
+    x32 = x.astype(jnp.float32)
+    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * (2.0 ** -0.5)))
+    pdf = jnp.exp(-0.5 * x32 * x32) * (2.0 * jnp.pi) ** -0.5
+    return ((cdf + x32 * pdf) * grad.astype(jnp.float32)).astype(grad.dtype),
+
+
+gelu.defvjp(_gelu_forward, _gelu_backward)
+
 ACTIVATION_FNS = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,

@@ -117,3 +117,19 @@ def test_dropout_is_active_only_when_not_deterministic(tmp_path):
     d = model.apply({"params": params}, ids, attention_mask=mask).logits
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(c, d)
+
+
+def test_gelu_gradient_matches_torch_and_keeps_the_input_dtype():
+    import jax
+    import torch
+    from roberta_jax.model import gelu
+    x = np.linspace(-9.0, 9.0, 4001, dtype=np.float32)
+    ours = jax.grad(lambda v: gelu(v).sum())(jnp.asarray(x))
+    t = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.gelu(t).sum().backward()
+    np.testing.assert_allclose(np.asarray(ours), t.grad.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(gelu(jnp.asarray(x))),
+                               torch.nn.functional.gelu(torch.tensor(x)).numpy(), atol=1e-6)
+    half = jax.grad(lambda v: gelu(v).astype(jnp.float32).sum())(jnp.asarray(x, jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), t.grad.numpy(), atol=2e-2)
