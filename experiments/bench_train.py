@@ -34,7 +34,7 @@ SHAPES = {
     "base": (12, 768, 12, 3072, 50265, 8, 128, 4),
     "base-512": (12, 768, 12, 3072, 50265, 8, 512, 3),
 }
-# Not part of the benchmark: the test suite runs each side at this shape so the script keeps working.
+# Not part of the benchmark: the tests run each side at this shape so the script keeps working.
 SMOKE_SHAPES = {"tiny": (2, 64, 2, 128, 1000, 2, 32, 2)}
 MASK_PROB = 0.15
 
@@ -247,7 +247,8 @@ def measure(side, shape_name, threads, python=sys.executable):
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
-    raise RuntimeError(f"{side} {shape_name} failed:\n{out.stderr[-3000:]}")
+    raise RuntimeError(f"{side} {shape_name} failed (exit {out.returncode}):\n"
+                       f"{out.stderr[-3000:]}")
 
 
 PEERS = {"hf-torch": "HF torch", "hf-flax": "HF Flax"}
@@ -276,7 +277,11 @@ def main():
         variants = [v for v in VARIANTS if v != "scan+jax-attn" or name != "base-512"]
         sides = {side: measure(side, name, args.threads) for side in variants + ["hf-torch"]}
         if args.hf_flax_python:
-            sides["hf-flax"] = measure("hf-flax", name, args.threads, args.hf_flax_python)
+            try:
+                sides["hf-flax"] = measure("hf-flax", name, args.threads, args.hf_flax_python)
+            except RuntimeError as error:  # the optional peer failing (memory) ends no run
+                print(f"{name} hf-flax: failed, left out of the table: "
+                      f"{str(error).strip().splitlines()[-1][:200]}", flush=True)
         for side, r in sides.items():
             r["tokens_per_second"] = tokens / r["step_seconds"]
             r["flops"] = _flops_per_token(shape, r["head_fraction"]) * r["tokens_per_second"]

@@ -18,10 +18,10 @@ from bench_train import synthetic_step, time_steps  # noqa: E402
 from benchmarks_md import write_section  # noqa: E402
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token  # noqa: E402
 
-BASE = dict(title="roberta-base, 512 tokens", layers=12, hidden=768, heads=12, ffn=3072, vocab=50265, seq_len=512, steps=10,
-            batches=(64, 128, 256), budget_s=330)
-SMOKE = dict(title="smoke test, 2 x 64, 32 tokens", layers=2, hidden=64, heads=2, ffn=128, vocab=1000, seq_len=32, steps=2,
-             batches=(2,), budget_s=60)
+BASE = dict(title="roberta-base, 512 tokens", layers=12, hidden=768, heads=12, ffn=3072,
+            vocab=50265, seq_len=512, steps=10, batches=(64, 128, 256), budget_s=330)
+SMOKE = dict(title="smoke test, 2 x 64, 32 tokens", layers=2, hidden=64, heads=2, ffn=128,
+             vocab=1000, seq_len=32, steps=2, batches=(2,), budget_s=60)
 # (attention implementation, remat policy, nn.scan over layers), most promising first.
 # jax.nn.dot_product_attention reaches cuDNN's fused kernel, which has no attention dropout:
 # those settings train without it. The unrolled loop saves the scan's stacking of activations

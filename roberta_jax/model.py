@@ -53,6 +53,26 @@ ACTIVATION_FNS = {
     "swish": jax.nn.silu,
 }
 
+
+class Dropout(nn.Module):
+    """Inverted dropout, as nn.Dropout computes it, drawing half the random words: each 32-bit
+    word decides two elements, 16 bits each, so the rate is exact to 1/65536. Random numbers are
+    a visible share of a training step: attention probabilities alone are [b, h, l, l]."""
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        *lead, last = x.shape
+        words = jax.random.bits(self.make_rng("dropout"), (*lead, -(-last // 2)), jnp.uint32)
+        halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
+        keep = halves >= jnp.uint16(round(self.rate * 65536))
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)).astype(x.dtype)
+
+
 # Logical names of activations, constrained at block boundaries so the compiler keeps the layout
 # the sharding rules ask for.
 BATCH_LENGTH_EMBED = ("batch", "length", "embed")
@@ -165,7 +185,7 @@ class RobertaEmbeddings(nn.Module):
         self.token_type_embeddings = _embed(c, c.type_vocab_size, ("token_types", "embed"), None,
                                             self.dtype, self.param_dtype, "token_type_embeddings")
         self.LayerNorm = _layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")
-        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.dropout = Dropout(c.hidden_dropout_prob)
 
     def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
         pad = self.config.pad_token_id
@@ -225,7 +245,7 @@ class RobertaSelfAttention(nn.Module):
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) * (head_dim ** -0.5)
         # Softmax in fp32 whatever the compute dtype: bf16 scores lose the small probabilities.
         probs = jax.nn.softmax(scores.astype(jnp.float32) + attention_bias, axis=-1)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        probs = Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), value)
         return context.reshape(*context.shape[:-2], c.hidden_size)
 
@@ -257,7 +277,7 @@ class RobertaResidualOutput(nn.Module):
     def __call__(self, x, residual, deterministic: bool):
         c = self.config
         y = _dense(c, c.hidden_size, self.kernel_axes, self.dtype, self.param_dtype, "dense")(x)
-        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
+        y = Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
         return _layer_norm(c, self.dtype, self.param_dtype, "LayerNorm")(y + residual)
 
 
@@ -480,10 +500,10 @@ class RobertaClassificationHead(nn.Module):
     def __call__(self, hidden, deterministic: bool):
         c = self.config
         x = hidden[:, 0]  # <s>; this head does not use the pooler
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
                             "dense")(x))
-        x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         return _dense(c, c.num_labels, ("mlp", "labels"), self.dtype, self.param_dtype,
                       "out_proj")(x)
 
@@ -510,7 +530,7 @@ class RobertaForTokenClassification(_Head):
         c = self.config
         hidden = self._encoder(add_pooling_layer=False)(
             input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
-        x = nn.Dropout(self._classifier_dropout)(hidden, deterministic=deterministic)
+        x = Dropout(self._classifier_dropout)(hidden, deterministic=deterministic)
         logits = _dense(c, c.num_labels, ("embed", "labels"), self.dtype, self.param_dtype,
                         "classifier")(x)
         return ClassifierOutput(logits=logits, last_hidden_state=hidden)
@@ -547,7 +567,7 @@ class RobertaForMultipleChoice(_Head):
         out = self._encoder(add_pooling_layer=True)(
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids),
             deterministic)
-        x = nn.Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
         scores = _dense(c, 1, ("embed", "labels"), self.dtype, self.param_dtype, "classifier")(x)
         return ClassifierOutput(logits=scores.reshape(batch, choices),
                                 last_hidden_state=out.last_hidden_state.reshape(

@@ -132,7 +132,11 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
                           rngs=None if deterministic else {"dropout": dropout_key})
         logits = out.logits.astype(jnp.float32) + vocab_bias
         labels, weights = batch["masked_labels"], batch["masked_weights"]
-        nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], -1)[..., 0]
+        # log-sum-exp minus the label's logit, picked by a one-hot product: its gradient is one
+        # fused elementwise pass, where take_along_axis scatters into a zero tensor of the
+        # logits' size.
+        label_logit = jnp.sum(logits * jax.nn.one_hot(labels, vocab, dtype=logits.dtype), -1)
+        nll = jax.nn.logsumexp(logits, -1) - label_logit
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return jnp.sum(nll * weights), jnp.sum(correct * weights)
 

@@ -133,3 +133,22 @@ def test_gelu_gradient_matches_torch_and_keeps_the_input_dtype():
     half = jax.grad(lambda v: gelu(v).astype(jnp.float32).sum())(jnp.asarray(x, jnp.bfloat16))
     assert half.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(half, np.float32), t.grad.numpy(), atol=2e-2)
+
+
+def test_dropout_drops_at_its_rate_and_rescales_what_it_keeps():
+    import jax
+    from roberta_jax.model import Dropout
+    ones = jnp.ones((16, 12, 64, 63))  # an odd last axis: two elements per random word
+    out = np.asarray(Dropout(0.1).apply({}, ones, deterministic=False,
+                                        rngs={"dropout": jax.random.key(3)}))
+    assert out.shape == ones.shape
+    assert abs((out == 0).mean() - 0.1) < 0.003
+    np.testing.assert_allclose(out[out != 0], 1 / 0.9, rtol=1e-6)
+    again = Dropout(0.1).apply({}, ones, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    other = Dropout(0.1).apply({}, ones, deterministic=False, rngs={"dropout": jax.random.key(4)})
+    assert np.array_equal(out, np.asarray(again)) and not np.array_equal(out, np.asarray(other))
+    # The two halves of a word are independent: neighbours are dropped together at rate^2.
+    pairs = (out[..., 0:62:2] == 0) & (out[..., 1:63:2] == 0)
+    assert abs(pairs.mean() - 0.01) < 0.002
+    assert Dropout(0.1).apply({}, ones, deterministic=True) is ones
+    assert not np.asarray(Dropout(1.0).apply({}, ones, deterministic=False)).any()
