@@ -266,6 +266,8 @@ def main():
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
+    if args.hf_flax_python and not pathlib.Path(args.hf_flax_python).is_file():
+        parser.error(f"--hf-flax-python {args.hf_flax_python}: no such interpreter")
     if not args.hf_flax_python:
         print("HF Flax peer skipped: run `bash experiments/setup_hf_flax.sh` to measure it")
     ceiling = matmul_ceiling()

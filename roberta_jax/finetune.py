@@ -275,14 +275,14 @@ def _device_batch(batch, mesh):
 
 
 def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_length, mesh):
-    """The kind's outputs for every feature row of `split`, in order; per-token outputs of
-    bucketed batches are padded back to `max_length` so they stack."""
+    """The kind's outputs for every feature row of `split`, in order; per-token outputs
+    ([batch, length, ...]) of bucketed batches are padded back to `max_length` so they stack."""
     outputs = []
     for batch in kind.batches(split, batch_size, pad_id, buckets):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
         result = np.asarray(jax.device_get(jit_predict(params, shd.global_batch(inputs, mesh))))
         result = result[batch["weights"] > 0]
-        if kind.head == "token-classification" and result.shape[1] < max_length:
+        if result.ndim >= 3 and result.shape[1] < max_length:
             result = np.pad(result, [(0, 0), (0, max_length - result.shape[1]), (0, 0)])
         outputs.append(result)
     return np.concatenate(outputs)

@@ -134,14 +134,18 @@ def batch_rows(order: np.ndarray, batch_size: int, drop_last: bool = False):
 
 
 def batches(encoded: list[list[int]], labels, batch_size: int, pad_id: int,
-            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False):
-    """Fixed-size batches (see batch_rows) padded to the bucket of their longest row."""
+            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False,
+            label_pad: int | None = None):
+    """Fixed-size batches (see batch_rows) padded to the bucket of their longest row. Labels are
+    one per row (an array), or with `label_pad` one per token (lists, padded with it)."""
     order = np.arange(len(encoded)) if order is None else order
     for rows, weights in batch_rows(order, batch_size, drop_last):
         seqs = [encoded[i] for i in rows]
         length = bucket_length(max(len(s) for s in seqs), buckets)
         ids, mask = pad_batch(seqs, length, pad_id)
         batch = {"input_ids": ids, "attention_mask": mask, "weights": weights, "index": rows}
-        if labels is not None:
+        if labels is not None and label_pad is not None:
+            batch["labels"] = pad_batch([labels[i] for i in rows], length, label_pad)[0]
+        elif labels is not None:
             batch["labels"] = labels[rows]
         yield batch

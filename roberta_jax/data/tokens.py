@@ -14,14 +14,9 @@ import pathlib
 
 import numpy as np
 
-from roberta_jax.data.classification import (
-    batch_rows,
-    bucket_length,
-    read_rows,
-    read_utf8,
-)
+from roberta_jax.data.classification import batches, read_rows, read_utf8
 from roberta_jax.data.tfds_records import read_tfds
-from roberta_jax.data.tokenizer import Tokenizer, pad_batch
+from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
 
 # Label of the tokens the loss skips (specials, word continuations, padding). -100 because
@@ -190,12 +185,5 @@ def token_batches(encoded: list[list[int]], labels: list[list[int]] | None, batc
                   drop_last: bool = False):
     """Fixed-size batches as classification.batches makes them, with labels [batch, length]
     (IGNORED on padding) in place of one label per row."""
-    order = np.arange(len(encoded)) if order is None else order
-    for rows, weights in batch_rows(order, batch_size, drop_last):
-        seqs = [encoded[i] for i in rows]
-        length = bucket_length(max(len(s) for s in seqs), buckets)
-        ids, mask = pad_batch(seqs, length, pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask, "weights": weights, "index": rows}
-        if labels is not None:
-            batch["labels"] = pad_batch([labels[i] for i in rows], length, IGNORED)[0]
-        yield batch
+    return batches(encoded, labels, batch_size, pad_id, buckets, order, drop_last,
+                   label_pad=IGNORED)
