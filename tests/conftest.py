@@ -81,3 +81,12 @@ def small_bpe_tokenizer(corpus, directory):
                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     bpe.save_model(str(directory))
     return load_tokenizer(directory)
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket():
+    """`gs://BUCKET` on a GCS emulator started on 127.0.0.1 for this test session (see
+    tests/gcs_emulator.py); tests use their own prefix inside it."""
+    import gcs_emulator
+    with gcs_emulator.running() as bucket:
+        yield bucket
