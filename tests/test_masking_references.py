@@ -3,9 +3,9 @@ prepared stdlib corpus, FULL-SENTENCES rows of `<s>` + sentences with `</s>` bet
 documents + padding):
 
 - transformers' DataCollatorForLanguageModeling, run for real (as run_mlm uses it);
-- fairseq's MaskTokensDataset, which cannot be installed here (fairseq 0.12.2 ships no wheel
-  for Python 3.11 and its sdist does not import on it): its sampling rule is restated below
-  from the source and run on the same rows.
+- fairseq's MaskTokensDataset, which cannot be installed here (its last release, 0.12.2, has
+  no wheel for Python 3.11, only a source archive whose build did not complete here): its
+  sampling rule is restated below from the source and run on the same rows.
 
 Compared: the per-row number of predicted tokens, the shares of `<mask>` / random / kept, the
 ids a random replacement can draw, and what happens to `<s>`, `</s>` and padding. Where we

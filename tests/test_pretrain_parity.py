@@ -91,10 +91,10 @@ def test_twenty_pretraining_steps_follow_the_transformers_loop(tmp_path, grad_ac
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         example = {k: v[:1] for k, v in batches[0].items()}
         init, _, shardings = build_state(config, mesh, model, tx, example)
-    # The transformers weights, padded to our vocabulary, as --config.model.init_from reads them.
-    params = _load_init_params(str(tmp_path), model_cfg, config.model.scan_layers,
-                               shardings.params)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        # The transformers weights, padded to our vocabulary, read as pretraining reads
+        # --config.model.init_from (under the mesh).
+        params = _load_init_params(str(tmp_path), model_cfg, config.model.scan_layers,
+                                   shardings.params)
         state = init().replace(params=params, opt_state=tx.init(params))
         step = jax.jit(train_step)
         ours, our_rates = [], []
