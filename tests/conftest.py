@@ -12,6 +12,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from roberta_jax import parity  # noqa: E402
@@ -36,6 +37,56 @@ def make_hf_model(task, config_name="odd", seed=0, num_labels=3, **overrides):
     pytest.importorskip("transformers")
     return parity.random_hf_model(task, seed=seed, num_labels=num_labels,
                                   **{**HF_CONFIGS[config_name], **overrides})
+
+
+def torch_training_losses(model, batches, *, lr, warmup_steps, steps, b2, eps, weight_decay,
+                          decay_mask="hf", grad_accum=1, b1=0.9):
+    """Per-step losses and learning rates of a `transformers` PyTorch training loop: torch AdamW,
+    get_linear_schedule_with_warmup, dropout off.
+
+    `decay_mask` "hf" decays exactly what transformers' Trainer decays (its own
+    get_decay_parameter_names: no biases, no LayerNorm parameters), "all" every parameter (as
+    fairseq does). With `grad_accum` > 1 each batch is cut into that many micro-batches whose
+    mean losses are weighted by their share of the step's predicted tokens (labels != -100):
+    the step's loss and gradient are then the means over the whole batch, as one big batch
+    gives.
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    # The method reads nothing from the trainer: call it unbound, so the rule is Trainer's own.
+    decayed = set(transformers.Trainer.get_decay_parameter_names(None, model)) \
+        if decay_mask == "hf" else {n for n, _ in model.named_parameters()}
+    groups = [{"params": [p for n, p in model.named_parameters() if n in decayed],
+               "weight_decay": weight_decay},
+              {"params": [p for n, p in model.named_parameters() if n not in decayed],
+               "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=(b1, b2), eps=eps)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, steps)
+    model.eval()  # dropout off
+    losses, rates = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only contend on a busy machine
+    try:
+        for batch in batches:
+            inputs = {k: torch.as_tensor(v).long() for k, v in batch.items() if k != "weights"}
+            rows = len(next(iter(inputs.values())))
+            micros = [{k: v[i:i + rows // grad_accum] for k, v in inputs.items()}
+                      for i in range(0, rows, rows // grad_accum)]
+            predicted = [int((m["labels"] != -100).sum()) if grad_accum > 1 else 1
+                         for m in micros]
+            step_loss = 0.0
+            for micro, count in zip(micros, predicted):
+                loss = model(**micro).loss * (count / sum(predicted))
+                loss.backward()
+                step_loss += loss.item()
+            rates.append(schedule.get_last_lr()[0])
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            losses.append(step_loss)
+    finally:
+        torch.set_num_threads(threads)
+    return np.array(losses), np.array(rates)
 
 
 def batch_for(task, config_name="odd", seed=0):

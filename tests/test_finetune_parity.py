@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from conftest import torch_training_losses  # noqa: E402
 from roberta_jax import task_kinds, tasks  # noqa: E402
 from roberta_jax.finetune import load_model, make_steps, recipe  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
@@ -59,29 +60,6 @@ def _batches(kind: str, num_labels: int):
     return [out[i % len(out)] for i in range(STEPS)]
 
 
-def _torch_losses(model, batches, config, steps):
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias")
-                                                            or "LayerNorm" in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, config.b2), eps=config.eps)
-    schedule = transformers.get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * steps), steps)
-    model.eval()  # dropout off
-    losses = []
-    for batch in batches:
-        inputs = {k: torch.as_tensor(v).long() for k, v in batch.items() if k != "weights"}
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return np.array(losses)
-
-
 @pytest.mark.parametrize("kind", ["classification", "tokens", "qa", "choice"])
 def test_twenty_steps_follow_the_transformers_loop(tmp_path, kind):
     import jax
@@ -110,6 +88,9 @@ def test_twenty_steps_follow_the_transformers_loop(tmp_path, kind):
         params, opt_state, loss = train_step(params, opt_state, batch, None)
         ours.append(float(loss))
 
-    theirs = _torch_losses(reference, batches, config, STEPS)
+    theirs, _ = torch_training_losses(
+        reference, batches, lr=config.lr, warmup_steps=int(config.warmup_ratio * STEPS),
+        steps=STEPS, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+        decay_mask=config.weight_decay_mask)
     assert theirs[-1] < theirs[0]  # the loop really trains
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)

@@ -84,7 +84,12 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
 def abstract_params(config: RobertaConfig, task: str, param_dtype=jnp.float32):
     """Shapes and dtypes of the per-layer param tree of `task`, without allocating."""
     model = TASKS[task][0](config, param_dtype=param_dtype)
-    return nn.meta.unbox(jax.eval_shape(lambda: _init(model, config, task, jax.random.key(0))))
+    boxed = jax.eval_shape(lambda: _init(model, config, task, jax.random.key(0)))
+    # Shapes only: the boxes' sharding constraints are not applied (under an active mesh, as
+    # when pretraining starts from model.init_from, they would fail on shapes).
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
+                        if isinstance(x, nn.meta.AxisMetadata) else x, boxed,
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 def _init(model, config, task, rng):

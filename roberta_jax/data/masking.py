@@ -7,6 +7,22 @@ index grows across epochs, so a sequence seen again gets a new mask.
 Of the maskable tokens (everything but `<s>`, `</s>`, `<pad>` and `<mask>`), `mask_prob` are
 chosen (randomised rounding, as fairseq does); of those 80% become `<mask>`, 10% a random
 ordinary token, 10% stay. Selection is by token (default), by whole word, or by spans.
+
+Against the two references (measured in tests/test_masking_references.py on the same rows):
+- Predicted tokens per row: like fairseq's MaskTokensDataset, a fixed count per row,
+  floor(mask_prob * candidates + u); transformers' DataCollatorForLanguageModeling flips a
+  coin per token, so its count is binomial. The mean is the same; ours spreads less, and a
+  fixed count is what lets the MLM head gather a static number of slots.
+- Candidates: never `<s>`, `</s>` or padding, as in transformers. fairseq draws from every
+  position of `<s> block`, so it also predicts 15% of the `<s>` and `</s>` tokens; we do not
+  spend predictions on a token whose place is given by the row's layout. `<unk>` is a
+  candidate here and in fairseq (transformers never masks it).
+- The 80/10/10 split: the same in all three.
+- Random replacements: uniform over the ordinary ids (every id but `<s>`, `<pad>`, `</s>`,
+  `<mask>`; `<unk>` is one of them). transformers draws from the whole vocabulary, specials
+  included, so `<pad>` or `<mask>` can appear as a "random" token; fairseq from all but its
+  first four ids (`<s> <pad> </s> <unk>`), `<mask>` included. Drawing `<mask>` would make a
+  random replacement indistinguishable from a masked token, hence our exclusion.
 """
 
 from __future__ import annotations
