@@ -108,8 +108,8 @@ def main(argv=None):
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    if not args.no_write:
-        write(rows, args.mfu)
+            if not args.no_write:   # after every row: a long run shows what it has so far
+                write(rows, args.mfu)
     return rows
 
 

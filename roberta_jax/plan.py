@@ -338,8 +338,13 @@ def plan(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, config_name: str = 
         "mfu": mfu, "peak_flops_per_chip": slice_.peak_flops, "peak_source": slice_.peak_source,
         "step_seconds": step_seconds, "tokens_per_second": tokens / step_seconds,
         "steps": train_cfg.steps, "days": train_cfg.steps * step_seconds / 86400,
-        "collectives": None, "compile_seconds": None,
+        "collectives": None,
+        "compile_seconds": None,   # lowering and XLA's compile (None: not compiled)
     }
+    if train_cfg.seq_len > model_cfg.max_sequence_length:
+        raise UserError(f"train.seq_len {train_cfg.seq_len} is longer than the model's positions "
+                        f"allow ({model_cfg.max_sequence_length} tokens); lower it or raise "
+                        "model.max_position_embeddings")
     reason = check_batch(config, shape, slice_.hosts)
     if reason:
         report["reason"] = reason
@@ -361,8 +366,7 @@ def plan(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, config_name: str = 
         report["reason"] = (f"parameters and optimizer state alone take "
                             f"{_gib(params + opt_state)} per chip, more than the "
                             f"{_gib(slice_.usable_bytes)} usable; {_ADVICE}")
-        report["compile_seconds"] = time.perf_counter() - start
-        return report
+        return report   # not compiled: nothing XLA could do would fit it
     try:
         compiled = compile_lowered(lowered)
     except jax.errors.JaxRuntimeError as e:

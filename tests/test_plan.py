@@ -337,3 +337,15 @@ def test_search_stops_when_nothing_recomputed_fits_without_accumulation(monkeypa
     monkeypatch.setattr(plan_module, "plan", fake)
     results = plan_module.search(tiny(), _FakeSlice(), max_compiles=20)
     assert fake.calls == [("", 1, 1)] and results[0]["fits"]
+
+
+# ----------------------------------------------------------------------------- against reality
+
+@pytest.mark.slow
+def test_a_plan_for_this_cpu_predicts_pretrain_s_peak_rss_within_15_percent(tmp_path):
+    import sys
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import plan_vs_rss
+    result = plan_vs_rss.main(["--batch", "8", "--steps", "2", "--workdir", str(tmp_path)])
+    assert abs(result["peak_error"]) < 0.15
+    assert abs(result["training_error"]) < 0.15
