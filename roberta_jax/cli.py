@@ -197,20 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "plan", help="will a pretraining config fit a TPU slice, on which mesh, and what will a "
         "step cost? Compiles the real train step for the slice here, no TPU needed",
-        description="Compile the train step `pretrain` runs (same config: mesh, batch, remat, "
-        "grad_accum, dtype, scan) ahead of time for a TPU slice that libtpu describes (pip "
-        "install 'roberta_jax[tpu]'; no TPU needed), and print per chip: parameters, optimizer "
-        "state, activations and temporaries against the chip's HBM (XLA's memory_analysis), "
-        "whether it fits and the headroom; FLOPs per step (DESIGN A5, and XLA's count of the "
-        "compiled program with scanned layers counted per layer); tokens per step, step time "
-        "and tokens/s at --mfu of the chip's bf16 peak; and the bytes each kind of collective "
-        "moves. Exit status 0: fits; 3: does not fit; 1: an error.",
-        epilog="Override any config field with --config.SECTION.FIELD=VALUE, e.g. "
-        "--config.mesh.fsdp=8 --config.train.grad_accum=2 "
-        "--config.model.remat_policy=full. Examples: roberta-jax plan --config "
-        "configs/base.py --topology v5p-128;  roberta-jax plan --config configs/large.py "
-        "--topology v5e-256 --search;  roberta-jax plan --config configs/tiny.py --topology "
-        "cpu --config.data.path=prepared/")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Compile the train step `pretrain` runs (the same functions and config: mesh, batch, remat,
+grad_accum, dtype, scan) ahead of time for a TPU slice that libtpu describes (pip install
+'roberta_jax[tpu]'; no TPU needed), and print per chip:
+  - parameters, optimizer state, temporaries (activations, gradients) and the total, from
+    XLA's memory_analysis(), against the HBM XLA lets a program use: fits, and the headroom,
+    or why not;
+  - FLOPs per step by DESIGN A5 and as compiled (XLA's count, scanned layers and gradient
+    accumulation counted once per trip);
+  - tokens per step, step time, tokens/s and days for train.steps at --mfu of the chip's
+    dense bf16 peak;
+  - the bytes each kind of collective moves per step.
+Exit status: 0 fits, 3 does not fit, 1 an error (one line).""",
+        epilog="""\
+Override any config field with --config.SECTION.FIELD=VALUE, e.g. --config.mesh.fsdp=8
+--config.train.grad_accum=2 --config.model.remat_policy=full.
+
+examples:
+  roberta-jax plan --config configs/base.py --topology v5p-128
+  roberta-jax plan --config configs/large.py --topology v5e-256 --search
+  roberta-jax plan --config configs/xlmr_base.py --topology v4-128 --num-slices 2 --json
+  roberta-jax plan --config configs/tiny.py --topology cpu --config.data.path=prepared/""")
     p.add_argument("--config", required=True, help="a configs/*.py file")
     p.add_argument("--topology", required=True, metavar="NAME",
                    help="a Cloud TPU name (v4-128, v5p-128, v5e-256 = v5litepod-256, v6e-64: v4 "

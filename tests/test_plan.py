@@ -285,6 +285,18 @@ def test_two_slices_put_the_data_axis_across_them():
         assert len({d.slice_index for d in row}) == 1
 
 
+@needs_libtpu
+def test_tiny_compiles_for_two_slices(watched_compiles, capsys):
+    code = main(["plan", "--config", TINY, "--topology", "v5e-4", "--num-slices", "2", "--json",
+                 *TINY_OVERRIDES, "--config.mesh.fsdp=4"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["fits"]
+    assert (report["slices"], report["chips"]) == (2, 8)
+    assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1, "dcn_data": 2}
+    _assert_memory_is_xla_s(report, watched_compiles[-1])
+    assert report["collectives"]["all-reduce"]["count"] > 0   # gradients summed over slices
+
+
 # ----------------------------------------------------------------------------- search
 
 class _FakeChip:
@@ -308,7 +320,8 @@ class _FakeChip:
                 "grad_accum": accum, "remat_policy": config.model.remat_policy,
                 "flops": {"compiled_per_chip": recompute[config.model.remat_policy]},
                 "collectives": {"all-gather": {"count": 1, "bytes": mesh.fsdp * 10}},
-                "compile_seconds": 1.0, "reason": None if fits else "too big"}
+                "compile_seconds": 1.0, "reason": None if fits else "too big",
+                "step_seconds": 0.5, "days": 3.0}
 
 
 class _FakeSlice:
@@ -330,6 +343,9 @@ def test_search_raises_accumulation_for_activations_and_fsdp_for_state(monkeypat
     assert all(r["fits"] for r in results[:sum(r["fits"] for r in results)])
     # remat may fit with less accumulation, so it was tried too; it ranks after (more FLOPs)
     assert any(r["remat_policy"] and r["fits"] for r in results)
+    table = plan_module.format_search(results).splitlines()
+    assert len(table) == 1 + len(results) and table[1].split()[:6] == ["yes", "4", "4", "1",
+                                                                       "none", "8"]
 
 
 def test_search_stops_when_nothing_recomputed_fits_without_accumulation(monkeypatch):
