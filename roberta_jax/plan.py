@@ -469,8 +469,9 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
     """Mesh shapes (data / fsdp / tensor), remat policies and grad_accum, compiled in order of
     expected speed: least recomputation first, then the smallest fsdp and accumulation whose
     state fits; a refusal that blames temporaries raises accumulation, one that blames the
-    state raises fsdp. A policy that fits without accumulation ends the search (nothing
-    slower can beat it). -> every compiled setting, fitting and fastest first."""
+    state raises fsdp. The first remat policy that fits ends the search: every later one
+    recomputes more, so none could rank above it. -> every setting tried, fitting and fastest
+    first."""
     per_slice = len(slice_.devices) // slice_.num_slices
     heads = config.model.num_attention_heads
     tensors = [t for t in (1, 2, 4) if heads % t == 0 and per_slice % t == 0]
@@ -492,12 +493,11 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
         return report
 
     for remat in REMAT_POLICIES:
-        fitted_without_accum = False
+        found = False
         for tensor in tensors:
             fsdps = [f for f in _powers_of_two(per_slice // tensor)
                      if per_slice % (f * tensor) == 0]
             fsdp_i, accum = 0, 1
-            found = False
             while fsdp_i < len(fsdps) and compiles < max_compiles:
                 fsdp = fsdps[fsdp_i]
                 data = per_slice // (fsdp * tensor) * slice_.num_slices
@@ -507,7 +507,7 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
                     break   # more accumulation or sharding cannot split this batch either
                 report = run(remat, data, fsdp, tensor, accum)
                 if report["fits"]:
-                    found, fitted_without_accum = True, accum == 1
+                    found = True
                     break
                 memory = report["memory"] or {}
                 params = memory.get("params", 0)
@@ -521,7 +521,7 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
                     fsdp_i += 1
             if found:
                 break
-        if fitted_without_accum or compiles >= max_compiles:
+        if found or compiles >= max_compiles:
             break
     return rank(results)
 
