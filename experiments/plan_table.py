@@ -6,6 +6,8 @@ setting on this machine (the search's other compiles are counted beside it).
 
     python experiments/plan_table.py                     # all nine rows; writes BENCHMARKS.md
     python experiments/plan_table.py --configs base --topologies v5p-128 --max-compiles 2
+    python experiments/plan_table.py --json rows.jsonl     # keep the rows; --from-json rows.jsonl
+                                                           # writes the section again from them
 
 Needs libtpu (pip install '.[tpu]'); no TPU. Each compile of a paper-sized step takes minutes
 on a laptop CPU, so the whole table takes a while: rows are printed as they finish.
@@ -58,7 +60,7 @@ def row_text(row: dict) -> str:
     name = f"`configs/{row['config']}.py`"
     if best is None or not best["fits"]:
         why = best["reason"] if best else "nothing tried"
-        return (f"| {name} | {row['topology']} | no | - | - | - | - | - | "
+        return (f"| {name} | {row['topology']} | no | - | - | - | - | - | - | "
                 f"{row['compiles']} compiles, {row['search_seconds']:,.0f} s: {why} |")
     mesh = best["mesh"]
     m = best["memory"]
@@ -66,6 +68,7 @@ def row_text(row: dict) -> str:
             f"{mesh['data']} / {mesh['fsdp']} / {mesh['tensor']} | "
             f"{best['remat_policy'] or 'none'} | {best['grad_accum']} | "
             f"{m['total'] / GiB:,.1f} of {m['usable'] / GiB:,.1f} | {best['days']:,.1f} | "
+            f"{best['flops']['compiled_over_model']:.2f} | "
             f"{best['compile_seconds']:,.0f} s (search: {row['compiles']} compiles, "
             f"{row['search_seconds']:,.0f} s) |")
 
@@ -83,9 +86,12 @@ not donated + temporaries + program) of the usable HBM XLA reports. Days: 500k s
 {100 * mfu:.0f}% MFU of the chip's dense bf16 peak, FLOPs by DESIGN A5. Compile time: that
 setting's compile, and the whole search's, on this machine ({platform.machine()},
 {os.cpu_count()} cores, jax {jax.__version__}); a shared, busy machine makes them slow and noisy.
+Compiled / A5: XLA's FLOP count of the compiled step (every op, loops counted per trip) over
+DESIGN A5's matmul count; the excess is elementwise work (softmax, LayerNorm, GELU, dropout's
+random bits, AdamW), and recomputation where remat is on.
 
-| config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days | compile |
-|---|---|---|---|---|---:|---:|---:|---|
+| config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days | compiled / A5 | compile |
+|---|---|---|---|---|---:|---:|---:|---:|---|
 """ + "\n".join(row_text(r) for r in rows) + "\n"
     write_section("plan", body)
 
@@ -98,7 +104,15 @@ def main(argv=None):
     parser.add_argument("--mfu", type=float, default=0.4)
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--json", help="also append each row as a JSON line to this file")
+    parser.add_argument("--from-json", help="write the section from rows a run saved with --json "
+                        "(no compiling)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        rows = [json.loads(line) for line in open(args.from_json) if line.strip()]
+        for row in rows:
+            print(row_text(row))
+        write(rows, args.mfu)
+        return rows
     rows = []
     for config_name in args.configs:
         for topology in args.topologies:

@@ -51,13 +51,12 @@ class Chip:
     hbm_bytes: int
     torus_dims: int          # 3: chips in 4x4x4 cubes; 2: a 2-D grid of up to 16x16
     counts_cores: bool
-    max_chips: int           # the largest slice Cloud TPU sells
 
 CHIPS = {c.generation: c for c in (
-    Chip("v4", "TPU v4", 32 * GiB, 3, True, 2048),
-    Chip("v5p", "TPU v5", 95 * GiB, 3, True, 4096),
-    Chip("v5e", "TPU v5 lite", 16 * GiB, 2, False, 256),
-    Chip("v6e", "TPU v6 lite", 32 * GiB, 2, False, 256),
+    Chip("v4", "TPU v4", 32 * GiB, 3, True),
+    Chip("v5p", "TPU v5", 95 * GiB, 3, True),
+    Chip("v5e", "TPU v5 lite", 16 * GiB, 2, False),
+    Chip("v6e", "TPU v6 lite", 32 * GiB, 2, False),
 )}
 _ALIASES = {"v5litepod": "v5e", "v5": "v5p"}   # Cloud's v5e name; libtpu's name for v5p
 
@@ -94,12 +93,10 @@ def known_names() -> str:
     """The slice names `find_slice` accepts, for error messages and --help."""
     def series(chip):
         first = 8 if chip.counts_cores else 1
-        top = chip.max_chips * (2 if chip.counts_cores else 1)
-        names = [f"{chip.generation}-{n}" for n in (first, first * 2) if n <= top]
-        return ", ".join(names) + f", ... {chip.generation}-{top}"
-    return ("; ".join(series(c) for c in CHIPS.values())
-            + " (v5litepod-N = v5e-N); libtpu topology strings such as v4:4x4x4, v5p:4x4x4, "
-            "v5e:16x16, v6e:8x8; or cpu (this host's own devices)")
+        return ", ".join(f"{chip.generation}-{first * 2 ** i}" for i in range(3)) + ", ..."
+    return ("Cloud TPU names " + "; ".join(series(c) for c in CHIPS.values())
+            + " (power-of-two sizes; v5litepod-N = v5e-N); libtpu topology strings such as "
+            "v4:4x4x4, v5p:4x4x12, v5e:16x16, v6e:8x8; or cpu (this host's own devices)")
 
 
 def _default_shape(chips: int, dims: int) -> list[int]:
@@ -134,8 +131,7 @@ def parse_slice_name(name: str) -> tuple[Chip, list[int]]:
         return chip, shape
     count = int(cloud.group(2))
     chips = count // 2 if chip.counts_cores else count
-    if chip.counts_cores and count % 2 or chips < 1 or chips & (chips - 1) \
-            or chips > chip.max_chips:
+    if chip.counts_cores and count % 2 or chips < 1 or chips & (chips - 1):
         raise UserError(f"{name}: not a slice size this tool knows how to lay out; give its "
                         f"shape as a topology string (e.g. {chip.generation}:"
                         f"{'x'.join(['4'] * chip.torus_dims)}). Known: {known_names()}")
@@ -220,13 +216,13 @@ def _usable_bytes(device) -> int | None:
     if kind not in _usable_cache:
         mesh = jax.sharding.Mesh(np.array([device]), ("x",))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        big = jax.ShapeDtypeStruct((1 << 18,), jnp.float32)
-        # a 64 GiB sorted copy: more temporary memory than any chip has
-        probe = jax.jit(lambda x: jnp.sort(jnp.broadcast_to(x, (1 << 16, 1 << 18)), axis=0)[0],
+        row = jax.ShapeDtypeStruct((1 << 18,), jnp.float32)
+        # sorting a 1 TiB copy of the row: far more temporary memory than any chip has
+        probe = jax.jit(lambda x: jnp.sort(jnp.broadcast_to(x, (1 << 20, 1 << 18)), axis=0)[0],
                         in_shardings=replicated, out_shardings=replicated)
         _usable_cache[kind] = None
         try:
-            probe.lower(big).compile()
+            probe.lower(row).compile()
         except Exception as e:   # noqa: BLE001 - the refusal is the answer
             found = _OOM_AVAILABLE.search(str(e))
             _usable_cache[kind] = _bytes(*found.groups()) if found else None
@@ -569,8 +565,9 @@ def format_report(r: dict) -> str:
             f"    temporaries           {_size(m['temporaries']):>12}  (activations, gradients, "
             "workspace)",
             f"    program               {_size(m['program']):>12}",
-            f"    total                 {_size(m['total']):>12}  of {_size(m['usable'])} usable "
-            f"({_size(m['hbm'])} per {'device' if r['libtpu_topology'] == 'cpu' else 'chip'})",
+            f"    total                 {_size(m['total']):>12}  of {_size(m['usable'])} "
+            + ("(this host's memory over its devices)" if r["libtpu_topology"] == "cpu"
+               else f"usable (XLA's limit on a {r['device_kind']} chip)"),
         ]
     verdict = (f"FITS, headroom {_size(m['headroom'])} per chip" if r["fits"]
                else f"DOES NOT FIT: {r['reason']}")

@@ -48,14 +48,14 @@ def test_unknown_or_unlaid_names_are_one_line_naming_the_known_ones(name):
         plan_module.parse_slice_name(name)
     message = str(e.value)
     assert "\n" not in message and name in message
-    assert "v5p:4x4x4" in message and "v5e-1, v5e-2, ... v5e-256" in message
+    assert "v4:4x4x4" in message and "v5e-1, v5e-2, v5e-4, ..." in message
 
 
 def test_unknown_topology_on_the_command_line_is_one_line_and_exit_1(capsys):
     assert main(["plan", "--config", TINY, "--topology", "v9-64"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "unknown topology 'v9-64'" in err and "v5e-256" in err and "v4:4x4x4" in err
+    assert "unknown topology 'v9-64'" in err and "v5e-4" in err and "v4:4x4x4" in err
 
 
 def test_without_libtpu_the_command_says_how_to_install_it(monkeypatch, capsys):
@@ -198,16 +198,23 @@ def _assert_memory_is_xla_s(report, compiled):
     assert m["headroom"] == m["usable"] - m["total"]
 
 
-@needs_libtpu
-def test_tiny_on_4_chips_reports_xla_memory_flops_per_layer_and_collectives(watched_compiles):
+@pytest.fixture(scope="module")
+def four_chips(watched_compiles):
+    """(config, slice, report, the executable compiled) for the tiny config on v5e-4."""
     config = tiny("--config.mesh.fsdp=2", "--config.mesh.data=-1")
     target = plan_module.find_slice("v5e-4")
+    report = plan_module.plan(config, target, config_name="configs/tiny.py")
+    return config, target, report, watched_compiles[-1]
+
+
+@needs_libtpu
+def test_tiny_on_4_chips_reports_xla_memory_flops_per_layer_and_collectives(four_chips):
+    config, target, report, compiled = four_chips
     assert target.topology == "v5e:2x2" and len(target.devices) == 4
     assert 15 * 2 ** 30 < target.usable_bytes <= 16 * 2 ** 30   # XLA's own figure for v5e
-    report = plan_module.plan(config, target, config_name="tiny")
     assert report["fits"] and report["reason"] is None
     assert report["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1, "dcn_data": 1}
-    _assert_memory_is_xla_s(report, watched_compiles[-1])
+    _assert_memory_is_xla_s(report, compiled)
     # fp32 parameters and two Adam moments, each device holding its fsdp half of the big ones
     assert report["memory"]["optimizer_state"] == pytest.approx(
         2 * report["memory"]["params"], rel=0.01)
@@ -220,6 +227,28 @@ def test_tiny_on_4_chips_reports_xla_memory_flops_per_layer_and_collectives(watc
     assert report["collectives"]["all-gather"]["bytes"] > 0   # fsdp gathers parameters
     text = plan_module.format_report(report)
     assert "FITS" in text and "all-gather" in text
+
+
+@needs_libtpu
+def test_plan_table_writes_its_benchmarks_section_from_search_rows(four_chips, tmp_path,
+                                                                  monkeypatch):
+    import sys
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import benchmarks_md
+    import plan_table
+    monkeypatch.setattr(benchmarks_md, "PATH", tmp_path / "BENCHMARKS.md")
+    report = four_chips[2]
+    refused = dict(report, fits=False, reason="temporaries need 40 GiB")
+    rows = [{"config": "tiny", "topology": "v5e-4", "best": best, "tried": 1, "compiles": 1,
+             "search_seconds": 12.0} for best in (report, refused)]
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    plan_table.main(["--from-json", str(rows_file)])
+    table = [line for line in (tmp_path / "BENCHMARKS.md").read_text().splitlines()
+             if line.startswith("| `configs/tiny.py`")]
+    assert table[0].startswith("| `configs/tiny.py` | v5e-4 (4 chips) | yes | 2 / 2 / 1 | none |")
+    assert table[1].startswith("| `configs/tiny.py` | v5e-4 | no |")
+    assert "temporaries need 40 GiB" in table[1]
 
 
 @needs_libtpu
