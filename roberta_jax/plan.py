@@ -246,7 +246,7 @@ def planned_vocab(config) -> tuple[int, str]:
     if config.data.path:
         from roberta_jax.data.prepare import load_manifest
         return int(load_manifest(config.data.path)["tokenizer"]["vocab_size"]), config.data.path
-    return ROBERTA_BPE_VOCAB, "roberta-base's BPE (model.vocab_size=-1 and no data.path)"
+    return ROBERTA_BPE_VOCAB, "roberta-base's BPE, as model.vocab_size=-1 and no data.path"
 
 
 def masked_slots(config) -> int:
