@@ -62,10 +62,10 @@ def _plan(args) -> int:
     import json
     from roberta_jax import plan
     from roberta_jax.train_config import load_config
-    config = load_config(args.config, args.overrides)
-    target = plan.find_slice(args.topology, args.num_slices)
     if not 0 < args.mfu <= 1:
         raise UserError(f"--mfu {args.mfu}: give a fraction of the peak, e.g. 0.4")
+    config = load_config(args.config, args.overrides)
+    target = plan.find_slice(args.topology, args.num_slices)
     if args.search:
         def progress(report):
             mesh = report["mesh"]
@@ -80,8 +80,8 @@ def _plan(args) -> int:
             for report in results:
                 print(json.dumps(report))
         else:
-            print(f"{args.config} on {target.describe()}: {len(results)} setting(s) compiled, "
-                  "fastest estimate first")
+            print(f"{args.config} on {target.describe()}: {len(results)} setting(s) tried, "
+                  "what fits first, fastest estimate first")
             print(plan.format_search(results))
             if results and results[0]["fits"]:
                 print("\nbest:\n" + plan.format_report(results[0]))
