@@ -494,13 +494,13 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
             fsdps = [f for f in _powers_of_two(per_slice // tensor)
                      if per_slice % (f * tensor) == 0]
             fsdp_i, accum = 0, 1
-            while fsdp_i < len(fsdps) and compiles < max_compiles:
+            # data x fsdp is the same for every fsdp here, so one ceiling on accumulation
+            accums = [a for a in _powers_of_two(config.train.batch_size) if not check_batch(
+                _with_accum(config, a), (per_slice // tensor * slice_.num_slices, 1, tensor),
+                slice_.hosts)]
+            while accums and fsdp_i < len(fsdps) and compiles < max_compiles:
                 fsdp = fsdps[fsdp_i]
                 data = per_slice // (fsdp * tensor) * slice_.num_slices
-                probe = config.copy_and_resolve_references()
-                probe.train.grad_accum = accum
-                if check_batch(probe, (data, fsdp, tensor), slice_.hosts):
-                    break   # more accumulation or sharding cannot split this batch either
                 report = run(remat, data, fsdp, tensor, accum)
                 if report["fits"]:
                     found = True
@@ -511,15 +511,27 @@ def search(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, max_compiles: int
                 temporaries = memory.get("required") or memory.get("temporaries")
                 # What accumulation can shrink: the activations, not the state or its gradients.
                 room = slice_.usable_bytes - state - params
-                if temporaries and room > slice_.usable_bytes / 4:
-                    accum *= 2 ** max(1, math.ceil(math.log2(temporaries / room)))
+                wanted = accum * 2 ** max(1, math.ceil(math.log2(temporaries / room))) \
+                    if temporaries and room > slice_.usable_bytes / 4 else accum
+                if wanted > accum and accums[-1] > accum:
+                    accum = min(wanted, accums[-1])   # as far as the batch splits
                 else:
                     fsdp_i += 1
             if found:
                 break
         if found or compiles >= max_compiles:
             break
+    if not results:
+        raise UserError(f"train.batch_size {config.train.batch_size} cannot be split over "
+                        f"{len(slice_.devices)} chips and {slice_.hosts} hosts by any mesh "
+                        "this search tries; choose a batch divisible by the chip count")
     return rank(results)
+
+
+def _with_accum(config, accum: int):
+    trial = config.copy_and_resolve_references()
+    trial.train.grad_accum = accum
+    return trial
 
 
 def _powers_of_two(limit: int) -> list[int]:

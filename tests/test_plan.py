@@ -252,15 +252,18 @@ def test_plan_table_writes_its_benchmarks_section_from_search_rows(four_chips, t
 
 
 @needs_libtpu
-def test_tiny_on_8_chips_through_the_command_line(watched_compiles, capsys):
-    code = main(["plan", "--config", TINY, "--topology", "v4-16", "--json", *TINY_OVERRIDES,
-                 "--config.mesh.fsdp=4"])
-    out = capsys.readouterr().out.strip().splitlines()
-    assert code == 0 and len(out) == 1
+def test_tiny_on_8_chips_through_the_command_line_s_search(watched_compiles, capsys):
+    code = main(["plan", "--config", TINY, "--topology", "v4-16", "--search", "--json",
+                 *TINY_OVERRIDES])
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
+    # the fastest candidate (plain data parallelism, nothing recomputed) fits: one compile
+    assert code == 0 and len(out) == 1 and len(watched_compiles) >= 1
+    assert "tried data=8 fsdp=1 tensor=1 remat=none grad_accum=1: fits" in captured.err
     report = json.loads(out[0])
     assert report["libtpu_topology"] == "v4:2x2x2" and report["chips"] == 8
     assert report["device_kind"] == "TPU v4" and report["hosts"] == 2
-    assert report["mesh"]["data"] * report["mesh"]["fsdp"] == 8
+    assert report["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": 1}
     _assert_memory_is_xla_s(report, watched_compiles[-1])
     assert report["tokens_per_step"] == 16 * 128
     assert report["step_seconds"] == pytest.approx(
@@ -374,6 +377,17 @@ def test_search_raises_accumulation_for_activations_and_fsdp_for_state(monkeypat
     table = plan_module.format_search(results).splitlines()
     assert len(table) == 1 + len(results) and table[1].split()[:6] == ["yes", "4", "4", "1",
                                                                        "none", "8"]
+
+
+def test_search_accumulates_only_as_far_as_the_batch_splits(monkeypatch):
+    fake = _FakeChip(state=150.0, activations=400.0, usable=100.0)
+    monkeypatch.setattr(plan_module, "plan", fake)
+    # 64 rows over 16 chips and 4 hosts: at most 4 micro-batches, where 8 were wanted
+    results = plan_module.search(tiny("--config.train.batch_size=64",
+                                      "--config.model.num_attention_heads=1"), _FakeSlice(),
+                                 max_compiles=20)
+    assert ("", 4, 4) in fake.calls and all(accum <= 4 for _, _, accum in fake.calls)
+    assert results[0]["fits"] and results[0]["remat_policy"] != ""
 
 
 def test_search_stops_at_the_first_fit(monkeypatch):
