@@ -5,10 +5,10 @@ few steps, and the plan's memory is compared with the run's measured peak RSS.
     python experiments/plan_vs_rss.py                        # roberta-base shape, 16 x 128, fp32
     python experiments/plan_vs_rss.py --config configs/tiny.py --batch 8 --steps 2   # a smoke run
 
-Each side runs in its own process with the same XLA flags. pretrain runs twice in a row with a
-persistent compilation cache: the first run ("cold") compiles, the second ("warm") loads its
-programs from the cache, so its memory is the training's, not the XLA compiler's (reported
-beside it). From the warm run:
+Each side runs in its own process, with the same XLA flags (default optimizations, --devices
+CPU devices). pretrain runs twice in a row with a persistent compilation cache: the first run
+("cold") compiles, the second ("warm") loads its programs from the cache, so its memory is the
+training's, not the XLA compiler's (reported beside it). From the warm run:
 - overhead: its RSS just before the first train step (libraries, TensorFlow's input pipeline,
   the checkpointer, metrics writers: everything running) less the bytes of its train state
   arrays (summed from the live arrays);
@@ -92,6 +92,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=8000, help="the corpus' tokenizer")
+    parser.add_argument("--devices", type=int, default=1, help="CPU devices the mesh spans")
     parser.add_argument("--workdir", help="keep the corpus and run here (default: a temp dir)")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md's section")
     args = parser.parse_args(argv)
@@ -106,7 +107,12 @@ def main(argv=None) -> dict:
                      f"--config.train.steps={args.steps}", "--config.train.log_every=1",
                      "--config.model.dtype=float32", "--config.checkpoint.async_save=false",
                      "--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.tensor=1"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+        # Both sides with XLA's default optimizations on this many CPU devices, whatever the
+        # caller's environment says (the tests' 8 devices and skipped passes are not a run's).
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("XLA_FLAGS", "JAX_DISABLE_MOST_OPTIMIZATIONS")}
+        env.update(PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
         planned = subprocess.run(
             [sys.executable, "-m", "roberta_jax.cli", "plan", "--config", args.config,
              "--topology", "cpu", "--json", *overrides],
