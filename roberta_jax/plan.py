@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import logging
 import math
 import os
 import re
@@ -34,7 +33,6 @@ from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.hlo_stats import HloModule, xla_cost_analysis
 from roberta_jax.optim import make_optimizer
 
-log = logging.getLogger("roberta_jax")
 GiB = 1024 ** 3
 DEFAULT_MFU = 0.4
 ROBERTA_BPE_VOCAB = 50265   # DESIGN A2: what model.vocab_size=-1 means without prepared data

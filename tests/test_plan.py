@@ -7,7 +7,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from roberta_jax import plan as plan_module
