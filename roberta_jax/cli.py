@@ -51,6 +51,46 @@ def _pretrain(args) -> None:
     pretrain(config, args.workdir)
 
 
+EXIT_DOES_NOT_FIT = 3
+
+
+def _plan(args) -> int:
+    from jax._src import xla_bridge
+    if not xla_bridge.backends_are_initialized():
+        import jax
+        jax.config.update("jax_platforms", "cpu")   # only compiles: never take a local TPU/GPU
+    import json
+    from roberta_jax import plan
+    from roberta_jax.train_config import load_config
+    if not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu}: give a fraction of the peak, e.g. 0.4")
+    config = load_config(args.config, args.overrides)
+    target = plan.find_slice(args.topology, args.num_slices)
+    if args.search:
+        def progress(report):
+            mesh = report["mesh"]
+            print(f"tried data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']} "
+                  f"remat={report['remat_policy'] or 'none'} grad_accum={report['grad_accum']}: "
+                  f"{'fits' if report['fits'] else 'does not fit'}"
+                  + (f" ({report['compile_seconds']:.0f} s)" if report["compile_seconds"] else ""),
+                  file=sys.stderr, flush=True)
+        results = plan.search(config, target, mfu=args.mfu, max_compiles=args.max_compiles,
+                              config_name=args.config, on_result=progress)
+        if args.json:
+            for report in results:
+                print(json.dumps(report))
+        else:
+            print(f"{args.config} on {target.describe()}: {len(results)} setting(s) tried, "
+                  "what fits first, fastest estimate first")
+            print(plan.format_search(results))
+            if results and results[0]["fits"]:
+                print("\nbest:\n" + plan.format_report(results[0]))
+        return 0 if results and results[0]["fits"] else EXIT_DOES_NOT_FIT
+    report = plan.plan(config, target, mfu=args.mfu, config_name=args.config)
+    print(json.dumps(report) if args.json else plan.format_report(report))
+    return 0 if report["fits"] else EXIT_DOES_NOT_FIT
+
+
 def _finetune(args) -> None:
     from roberta_jax.finetune import finetune
     from roberta_jax.train_config import load_config
@@ -155,6 +195,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_pretrain, overrides_allowed=True)
 
     p = commands.add_parser(
+        "plan", help="will a pretraining config fit a TPU slice, on which mesh, and what will a "
+        "step cost? Compiles the real train step for the slice here, no TPU needed",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Compile the train step `pretrain` runs (the same functions and config: mesh, batch, remat,
+grad_accum, dtype, scan) ahead of time for a TPU slice that libtpu describes (pip install
+'roberta_jax[tpu]'; no TPU needed), and print per chip:
+  - parameters, optimizer state, temporaries (activations, gradients) and the total, from
+    XLA's memory_analysis(), against the HBM XLA lets a program use: fits, and the headroom,
+    or why not;
+  - FLOPs per step by DESIGN A5 and as compiled (XLA's count, scanned layers and gradient
+    accumulation counted once per trip);
+  - tokens per step, step time, tokens/s and days for train.steps at --mfu of the chip's
+    dense bf16 peak;
+  - the bytes each kind of collective moves per step.
+Exit status: 0 fits, 3 does not fit, 1 an error (one line).""",
+        epilog="""\
+Override any config field with --config.SECTION.FIELD=VALUE, e.g. --config.mesh.fsdp=8
+--config.train.grad_accum=2 --config.model.remat_policy=full.
+
+examples:
+  roberta-jax plan --config configs/base.py --topology v5p-128
+  roberta-jax plan --config configs/large.py --topology v5e-256 --search
+  roberta-jax plan --config configs/xlmr_base.py --topology v4-128 --num-slices 2 --json
+  roberta-jax plan --config configs/tiny.py --topology cpu --config.data.path=prepared/""")
+    p.add_argument("--config", required=True, help="a configs/*.py file")
+    p.add_argument("--topology", required=True, metavar="NAME",
+                   help="a Cloud TPU name (v4-128, v5p-128, v5e-256 = v5litepod-256, v6e-64: v4 "
+                   "and v5p count TensorCores, two per chip; v5e and v6e count chips), a libtpu "
+                   "topology string (v5p:4x4x4, v5e:16x16: chips per side), or cpu (this host's "
+                   "own devices, to check a plan against a real run)")
+    p.add_argument("--num-slices", type=int, default=1, metavar="N",
+                   help="N such slices joined over the data-center network (multislice); the "
+                   "mesh's data axis spans them (mesh.dcn_data)")
+    p.add_argument("--search", action="store_true",
+                   help="try mesh shapes (data / fsdp / tensor), remat policies and grad_accum, "
+                   "compiling each, and list what fits, fastest estimate first (fewest compiled "
+                   "FLOPs, then fewest collective bytes)")
+    p.add_argument("--max-compiles", type=int, default=12, metavar="N",
+                   help="--search: stop after N compiles (each takes seconds to minutes)")
+    p.add_argument("--mfu", type=float, default=0.4,
+                   help="model FLOPs utilisation assumed for the step time (default 0.4)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (per setting tried, with --search)")
+    p.set_defaults(run=_plan, overrides_allowed=True)
+
+    p = commands.add_parser(
         "finetune", help="fine-tune a sentence (pair) classifier or regressor: GLUE or local files",
         epilog="Override fields with --config.FIELD=VALUE, e.g. --config.task=rte "
         "--config.init=roberta.large/")
@@ -222,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = overrides
     _log_to_stderr()
     try:
-        args.run(args)
+        status = args.run(args)
     except UserError as e:
         if args.debug:
             raise
@@ -232,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"roberta-jax {args.command}: interrupted; run the same command again to resume",
               file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

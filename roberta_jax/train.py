@@ -91,6 +91,14 @@ def model_config(config, vocab_size: int) -> RobertaConfig:
         attention_implementation=m.attention_implementation)
 
 
+def make_model(config, model_cfg: RobertaConfig) -> RobertaForMaskedLM:
+    """The model trained, with the config's compute dtype, scan and remat settings."""
+    return RobertaForMaskedLM(model_cfg, dtype=jnp.dtype(config.model.dtype),
+                              param_dtype=jnp.dtype(config.model.param_dtype),
+                              scan_layers=config.model.scan_layers,
+                              remat_policy=config.model.remat_policy or None)
+
+
 def check_workdir_config(workdir: pathlib.Path, config) -> None:
     """Remember the config in the workdir; refuse a later run that changes the state's shape."""
     saved = workdir / "config.json"
@@ -206,12 +214,15 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
 
 def build_state(config, mesh, model: RobertaForMaskedLM, tx, example_batch):
     """-> (init function, abstract state with shardings, shardings): parameters and optimizer
-    state are created directly in their sharded layout."""
-    rng = jax.random.key(config.train.seed)
-    params_key, dropout_key = jax.random.split(rng)
+    state are created directly in their sharded layout.
 
-    def init(key):
-        boxed = model.init({"params": key}, example_batch["input_ids"],
+    Nothing runs here: the keys too are made inside the traced init, so this works for a mesh
+    of devices that only exist for compiling (`roberta-jax plan`)."""
+    seed = config.train.seed
+
+    def init():
+        params_key, dropout_key = jax.random.split(jax.random.key(seed))
+        boxed = model.init({"params": params_key}, example_batch["input_ids"],
                            attention_mask=example_batch["attention_mask"],
                            masked_positions=example_batch["masked_positions"])["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
@@ -219,11 +230,19 @@ def build_state(config, mesh, model: RobertaForMaskedLM, tx, example_batch):
                           dropout_key=jax.random.key_data(dropout_key),
                           loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
 
-    boxed_abstract = jax.eval_shape(init, params_key)
+    boxed_abstract = jax.eval_shape(init)
     shardings = shd.logical_shardings(boxed_abstract, mesh)
     abstract = abstract_like(strip_boxes(boxed_abstract), shardings)
-    init_sharded = jax.jit(lambda: nn.meta.unbox(init(params_key)), out_shardings=shardings)
+    init_sharded = jax.jit(lambda: nn.meta.unbox(init()), out_shardings=shardings)
     return init_sharded, abstract, shardings
+
+
+def jit_train_step(train_step, shardings, mesh):
+    """The train step as pretrain runs it: state sharded as built, batch split over the batch
+    axes, metrics replicated, the old state's buffers donated to the new one."""
+    batch_shardings = {k: shd.batch_sharding(mesh) for k in _TRAIN_KEYS}
+    return jax.jit(train_step, in_shardings=(shardings, batch_shardings),
+                   out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
 
 
 def restore_or_init(checkpointer: Checkpointer, config, init_sharded, abstract, shardings,
@@ -327,10 +346,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
     check_workdir_config(workdir, config)   # after the inputs passed: no half-started workdirs
 
     # ---------------------------------------------------------------- model and optimizer
-    model = RobertaForMaskedLM(model_cfg, dtype=jnp.dtype(config.model.dtype),
-                               param_dtype=jnp.dtype(config.model.param_dtype),
-                               scan_layers=config.model.scan_layers,
-                               remat_policy=config.model.remat_policy or None)
+    model = make_model(config, model_cfg)
     tx = make_optimizer(train)
     train_step, eval_step = make_steps(model, tx, config, real_vocab)
 
@@ -344,8 +360,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
         state = restore_or_init(checkpointer, config, init_sharded, abstract, shardings,
                                 model_cfg)
         batch_shardings = {k: shd.batch_sharding(mesh) for k in _TRAIN_KEYS}
-        jit_train = jax.jit(train_step, in_shardings=(shardings, batch_shardings),
-                            out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+        jit_train = jit_train_step(train_step, shardings, mesh)
         jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, batch_shardings),
                            out_shardings=shd.replicated(mesh))
 
