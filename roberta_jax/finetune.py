@@ -28,6 +28,8 @@ from roberta_jax import sharding as shd
 from roberta_jax import task_kinds, tasks
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
+from roberta_jax.data import pack_examples as pack
+from roberta_jax.data.classification import bucket_length
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
@@ -102,11 +104,22 @@ def _graft(fresh: dict, encoder: dict) -> dict:
 
 # =============================================================================== steps
 
+def model_inputs(kind, batch) -> dict:
+    """The model's keyword inputs from a batch: padded (attention_mask) or packed (segment_ids,
+    and segment_starts for the heads that read one vector per sequence)."""
+    if "segment_ids" not in batch:
+        return {"attention_mask": batch["attention_mask"]}
+    if kind.pools:
+        return {"segment_ids": batch["segment_ids"], "segment_starts": batch["segment_starts"]}
+    return {"segment_ids": batch["segment_ids"]}
+
+
 def make_steps(model, tx, kind):
-    """(loss_fn, train_step, predict_step); the loss and outputs are the kind's."""
+    """(loss_fn, train_step, predict_step) for padded or packed batches; the loss and outputs
+    are the kind's."""
     def loss_fn(params, batch, key):
         output = model.apply({"params": params}, batch["input_ids"],
-                             attention_mask=batch["attention_mask"], deterministic=key is None,
+                             **model_inputs(kind, batch), deterministic=key is None,
                              rngs=None if key is None else {"dropout": key})
         return kind.loss(output, batch)
 
@@ -117,7 +130,7 @@ def make_steps(model, tx, kind):
 
     def predict_step(params, batch):
         return kind.outputs(model.apply({"params": params}, batch["input_ids"],
-                                        attention_mask=batch["attention_mask"]))
+                                        **model_inputs(kind, batch)))
 
     return loss_fn, train_step, predict_step
 
@@ -219,14 +232,22 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
     base_key = jax.random.key(seed)
     buckets = tuple(b for b in (32, 64, 128, 256, 512) if b < max_length) + (max_length,)
+    packing = _packing_plan(config, kind, train_split, eval_splits, batch_size, buckets,
+                            max_length, mesh.size, np.random.default_rng([seed, 0]).permutation(
+                                train_split.size))
     bar = progress_bar(total_steps, first_epoch * steps_per_epoch, "step", f"seed {seed}",
                        enabled=config.progress)
 
     for epoch in range(first_epoch, epochs):
         order = np.random.default_rng([seed, epoch]).permutation(train_split.size)
         started, losses = time.perf_counter(), []
-        for i, batch in enumerate(kind.batches(train_split, batch_size, tokenizer.pad_id,
-                                               buckets, order, drop_last=True)):
+        if packing is None:
+            batches = kind.batches(train_split, batch_size, tokenizer.pad_id, buckets, order,
+                                   drop_last=True)
+        else:
+            batches = pack.train_batches(kind, train_split, packing, batch_size, order,
+                                         tokenizer.pad_id)
+        for i, batch in enumerate(batches):
             step = epoch * steps_per_epoch + i
             params, opt_state, loss = jit_train(params, opt_state, _device_batch(batch, mesh),
                                                 jax.random.fold_in(base_key, step))
@@ -237,7 +258,7 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
                   "examples_per_second": steps_per_epoch * batch_size / seconds}
         for split, encoded in eval_splits.items():
             outputs = _predict(jit_predict, params, kind, encoded, batch_size, tokenizer.pad_id,
-                               buckets, max_length, mesh)
+                               buckets, max_length, mesh, packing)
             for name, value in kind.evaluate(encoded, outputs, label_names).items():
                 record[f"{split}_{name}"] = value
         history.append(record)
@@ -259,24 +280,56 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
         for split, (data, filename) in tests.items():
             encoded = kind.encode(tokenizer, data, max_length, label_names)
             outputs = _predict(best_predict, best_params, kind, encoded, batch_size,
-                               tokenizer.pad_id, buckets, max_length, mesh)
+                               tokenizer.pad_id, buckets, max_length, mesh, packing)
             path = out / (filename or f"{split}_predictions")
             kind.write_predictions(path, encoded, outputs, label_names)
             print(f"wrote {encoded.size} test predictions -> {path}")
     return {"best": best, "history": history}
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "weights", "start_positions",
-                "end_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "segment_ids", "segment_starts", "labels",
+                "weights", "start_positions", "end_positions", "choice_slots")
 
 
 def _device_batch(batch, mesh):
     return shd.global_batch({k: v for k, v in batch.items() if k in MODEL_INPUTS}, mesh)
 
 
-def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_length, mesh):
+PACKING = ("auto", "on", "off")
+
+
+def _packing_plan(config, kind, train_split, eval_splits, batch_size, buckets, max_length,
+                  devices, order) -> pack.Plan | None:
+    """The packed layout for this run, or None for padded batches: "auto" packs when that
+    computes at most pack.PAYS_BELOW of the positions padded batches would."""
+    mode = config.get("packing", "auto")
+    if mode not in PACKING:
+        raise UserError(f"packing {mode!r}: use one of {', '.join(PACKING)}")
+    if mode == "off" or train_split.size < batch_size:
+        return None
+    longest_eval = max((len(s) for split in eval_splits.values()
+                        for s in kind.feature_sequences(split, np.arange(split.size))), default=0)
+    plan = pack.plan(kind, train_split, batch_size, order, buckets,
+                     (lambda longest: bucket_length(longest, buckets)) if kind.bucketed
+                     else (lambda _: max_length), devices, longest_eval)
+    if mode == "auto" and not plan.pays:
+        log.info("padded batches: packing would compute %.0f%% of their positions",
+                 100 * plan.packed_tokens / max(plan.padded_tokens, 1))
+        return None
+    log.info("%s", plan.describe())
+    return plan
+
+
+def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_length, mesh,
+             packing=None):
     """The kind's outputs for every feature row of `split`, in order; per-token outputs
-    ([batch, length, ...]) of bucketed batches are padded back to `max_length` so they stack."""
+    ([batch, length, ...]) come back `max_length` long, so they stack."""
+    if packing is not None:
+        def run(rows):
+            inputs = {k: rows[k] for k in ("input_ids", "segment_ids", "segment_starts")}
+            return jax.device_get(jit_predict(params, shd.global_batch(inputs, mesh)))
+        return pack.predict(kind, split, run, pad_id, max_length, buckets, packing,
+                            multiple=mesh.size)
     outputs = []
     for batch in kind.batches(split, batch_size, pad_id, buckets):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
