@@ -296,3 +296,35 @@ def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_pa
     else:
         np.testing.assert_allclose(packed, padded, atol=1e-5, rtol=0)
     assert kind.evaluate(split, packed, labels) == kind.evaluate(split, padded, labels)
+
+
+@pytest.mark.parametrize("task", ["masked-lm", "sequence-classification"])
+def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, task):
+    from conftest import small_bpe_tokenizer
+    from roberta_jax.predict import Predictor
+    words = "alpha beta gamma delta epsilon zeta eta theta"
+    (tmp_path / "m").mkdir()
+    tokenizer = small_bpe_tokenizer([words], tmp_path / "m")
+    parity.random_hf_model(task, vocab_size=tokenizer.vocab_size).save_pretrained(tmp_path / "m")
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words.split() + ["<mask>"], rng.integers(1, 12)))
+             for _ in range(40)]
+    texts[0] = "<mask> " + texts[0] + " <mask>"
+    predictor = Predictor(str(tmp_path / "m"), batch_size=4)
+    got = list(predictor([{"text": t} for t in texts], top_k=3))
+    ids = [tokenizer(t) for t in texts]
+    alone_ids, alone_mask = pad_batch(ids, max(map(len, ids)), 1)  # padded: each input alone
+    every = np.array(predictor.model.apply({"params": predictor.params}, alone_ids,
+                                           attention_mask=alone_mask).logits)
+    for text, sequence, answer, logits in zip(texts, ids, got, every):
+        if task == "sequence-classification":
+            probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+            np.testing.assert_allclose(list(answer["scores"].values()), probs, atol=1e-5)
+            continue
+        logits[:, sorted(tokenizer.special_ids)] = -np.inf
+        masks = [i for i, t in enumerate(sequence) if t == tokenizer.mask_id]
+        assert len(answer["masks"]) == len(masks) == text.split().count("<mask>")
+        for position, fills in zip(masks, answer["masks"]):
+            best = np.argsort(-logits[position])[:3]
+            assert fills == [tokenizer.decode([int(t)]).strip() or tokenizer.id_to_token(int(t))
+                             for t in best]
