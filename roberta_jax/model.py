@@ -149,6 +149,14 @@ def attention_bias(attention_mask=None, segment_ids=None) -> jax.Array:
     return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
+def _large_negative(dtype) -> float:
+    """The masked-out bias of the fused kernels: the dtype's lowest in fp32; in half precision
+    the values jax's own cuDNN path uses (cuDNN mishandles the difference of two values near
+    the lowest, which a query that may attend nowhere produces)."""
+    return {jnp.dtype(jnp.bfloat16): -2.0 ** 41, jnp.dtype(jnp.float16): -2.0 ** 15}.get(
+        jnp.dtype(dtype), float(jnp.finfo(jnp.float32).min))
+
+
 def _at(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
     """The vectors at `positions` [b, k] ([b, k, d]), or at position 0 ([b, d]) without them."""
     if positions is None:
@@ -275,7 +283,7 @@ class RobertaSelfAttention(nn.Module):
             # An additive bias rather than a boolean mask: a fully padded row then attends
             # uniformly, as the eager path does, instead of becoming zeros. Block-diagonal for
             # packed rows ([b, 1, q, k]); cuDNN takes it as is.
-            bias = jnp.where(attention_bias == 0, 0, jnp.finfo(query.dtype).min).astype(
+            bias = jnp.where(attention_bias == 0, 0, _large_negative(query.dtype)).astype(
                 query.dtype)
             context = jax.nn.dot_product_attention(
                 query, key, value, bias=bias,

@@ -16,6 +16,7 @@ sequence went, so outputs map back: per-sequence outputs by (row, slot), per-tok
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -164,7 +165,9 @@ class Plan:
     multiple: int         # rows are a multiple of this (the data-parallel devices)
     eval_rows: int        # rows per evaluation step
     padded_tokens: int    # positions one epoch computes in padded batches
-    packed_tokens: int    # ... and in packed rows
+    packed_tokens: int    # ... and in packed rows (with row_counts)
+    # (row counts, rows an epoch computes with them) with one, two, three compiled counts
+    options: tuple[tuple[tuple[int, ...], int], ...] = ()
 
     @property
     def pays(self) -> bool:
@@ -191,21 +194,63 @@ def plan(kind, split, batch_size: int, order: np.ndarray, buckets: tuple[int, ..
         chosen = lengths[(index[:, None] * per_feature + np.arange(per_feature)).reshape(-1)]
         needed.append(first_fit(chosen, length).rows)
         padded += len(chosen) * padded_length(int(chosen.max()))
-    counts = choose_row_counts(needed, multiple)
-    packed = sum(fit_rows(n, counts, multiple) for n in needed) * length
+    options = []
+    for most in (1, 2, 3):
+        counts = choose_row_counts(needed, multiple, most)
+        if not options or counts != options[-1][0]:
+            options.append((counts, sum(fit_rows(n, counts, multiple) for n in needed)))
+    counts, rows = options[-1]
     eval_rows = -(-2 * max(counts) // multiple) * multiple
     return Plan(length, max(1, length // max(1, int(lengths.min()))), counts, multiple,
-                eval_rows, padded, packed)
+                eval_rows, padded, rows * length, tuple(options))
 
 
-def train_batches(kind, split, the_plan: Plan, batch_size: int, order: np.ndarray, pad_id: int):
+class RowCounts:
+    """Which row counts a run compiles. Each costs a compile; each more than one saves padding
+    rows on every step. So the run starts with one (the largest), times its first steps (the
+    first includes the compile), and then takes the plan's option that saves the most time over
+    the remaining steps, net of its extra compiles: many for a long run of slow steps, one for
+    a short run."""
+    PROBE = 6  # steps timed (each one synced): the first, with its compile, and five more
+
+    def __init__(self, the_plan: Plan, total_steps: int):
+        self.plan, self.total_steps, self.times = the_plan, total_steps, []
+        self.row_counts = the_plan.options[0][0] if the_plan.options else the_plan.row_counts
+
+    @property
+    def measuring(self) -> bool:
+        return len(self.plan.options) > 1 and len(self.times) < self.PROBE
+
+    def observe(self, seconds: float) -> None:
+        self.times.append(seconds)
+        if len(self.times) < self.PROBE:
+            return
+        step = float(np.median(self.times[1:]))
+        compile_seconds = max(self.times[0] - step, 0.0)
+        remaining = self.total_steps - len(self.times)
+        largest_rows = self.plan.options[0][1]
+
+        def net_saving(option):
+            counts, rows = option
+            return ((1 - rows / largest_rows) * remaining * step
+                    - (len(counts) - 1) * compile_seconds)
+        self.row_counts = max(self.plan.options, key=net_saving)[0]
+        logging.getLogger("roberta_jax").info(
+            "packed batches of %s rows (a compile took %.1f s, a step %.3f s)",
+            "/".join(map(str, self.row_counts)), compile_seconds, step)
+
+
+def train_batches(kind, split, the_plan: Plan, batch_size: int, order: np.ndarray, pad_id: int,
+                  row_counts=None):
     """Packed training batches of `batch_size` features each, in `order` (a short last batch is
-    dropped, as the padded batches drop it)."""
+    dropped, as the padded batches drop it). `row_counts` (a RowCounts) may change the counts
+    as the batches are drawn; the plan's otherwise."""
     for start in range(0, len(order) - batch_size + 1, batch_size):
         index = order[start:start + batch_size]
         sequences = kind.feature_sequences(split, index)
         placement = first_fit([len(s) for s in sequences], the_plan.row_length)
-        rows = fit_rows(placement.rows, the_plan.row_counts, the_plan.multiple)
+        counts = the_plan.row_counts if row_counts is None else row_counts.row_counts
+        rows = fit_rows(placement.rows, counts, the_plan.multiple)
         slots = max(the_plan.slots, slots_needed(placement))
         batch = rows_of(sequences, placement, rows, the_plan.row_length, slots, pad_id)
         batch.update(kind.packed_labels(split, index, placement, rows, slots,
