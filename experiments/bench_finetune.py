@@ -98,7 +98,8 @@ def setup(work: pathlib.Path, train: int, dev: int, predict: int) -> dict:
 
 def _run(command: list[str], cpus: int, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
     """Wall time of a whole command, pinned to the first `cpus` cores."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(cpus), JAX_PLATFORMS="cpu",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(cpus), JAX_PLATFORMS="cpu",
                TOKENIZERS_PARALLELISM="false")
     env.pop("XLA_FLAGS", None)
     allowed = sorted(os.sched_getaffinity(0))[:cpus]
