@@ -151,6 +151,8 @@ def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
 
 def finetune(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
+    if config.get("packing", "auto") not in PACKING:
+        raise UserError(f"packing {config.packing!r}: use one of {', '.join(PACKING)}")
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
     tokenizer = load_tokenizer(_tokenizer_path(config))
@@ -169,6 +171,8 @@ def finetune(config, workdir) -> dict:
                                    None if task.regression else label_names, seed,
                                    config.model_preset, tokenizer.vocab_size, dtype,
                                    reset_head=config.reset_head)
+        model = model.clone(config=model.config.replace(
+            attention_implementation=config.get("attention_implementation", "eager")))
         if run is None:  # what every seed shares, compiled programs included
             if tokenizer.vocab_size > model.config.vocab_size:
                 raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
@@ -398,8 +402,6 @@ def _packing_plan(config, kind, train_split, eval_splits, batch_size, buckets, m
     """The packed layout for this run, or None for padded batches: "auto" packs when that
     computes at most pack.PAYS_BELOW of the positions padded batches would."""
     mode = config.get("packing", "auto")
-    if mode not in PACKING:
-        raise UserError(f"packing {mode!r}: use one of {', '.join(PACKING)}")
     if mode == "off" or train_split.size < batch_size:
         return None
     longest_eval = max((len(s) for split in eval_splits.values()

@@ -174,10 +174,12 @@ def _split(kind_name, rng):
         return task_kinds.Split(types.SimpleNamespace(tags=True), features, n)
     if kind_name == "qa":
         ids, mask = pad_batch(seqs, LENGTH, 1)
-        starts = np.where(rng.random(n) < 0.3, 0, rng.integers(1, 3, n)).astype(np.int32)
+        # An answer inside the window (between its <s> and </s>), or none (<s>, position 0).
+        starts = np.where(rng.random(n) < 0.3, 0, rng.integers(1, lengths - 1)).astype(np.int32)
+        ends = np.where(starts == 0, 0, np.minimum(starts + rng.integers(0, 2, n), lengths - 2))
         features = types.SimpleNamespace(**{
             "input_ids": ids, "attention_mask": mask, "start_positions": starts,
-            "end_positions": np.where(starts == 0, 0, starts + rng.integers(0, 2, n))})
+            "end_positions": ends.astype(np.int32)})
         return task_kinds.Split(None, features, n)
     choices = [seqs[i:i + CHOICES] for i in range(0, n, CHOICES)]
     data = types.SimpleNamespace(labels=rng.integers(0, CHOICES, len(choices)))
@@ -213,7 +215,7 @@ def test_packed_batches_train_as_padded_ones_do(tmp_path, kind_name):
     padded = list(kind.batches(split, batch_size, 1, (LENGTH,), order, drop_last=True))
     packed = list(pack.train_batches(kind, split, plan, batch_size, order, pad_id=1))
     assert len(padded) == len(packed) == STEPS
-    assert sum(b["input_ids"].size for b in packed) < sum(b["input_ids"].size for b in padded)
+    assert max(int(b["segment_ids"].max()) for b in packed) > 1  # rows do hold several
     state = {"padded": (params, tx.init(params)), "packed": (params, tx.init(params))}
     for step, (a, b) in enumerate(zip(padded, packed)):
         if kind_name == "qa":
@@ -328,3 +330,23 @@ def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, 
             best = np.argsort(-logits[position])[:3]
             assert fills == [tokenizer.decode([int(t)]).strip() or tokenizer.id_to_token(int(t))
                              for t in best]
+
+
+def test_packed_pretraining_rows_predict_masked_words_per_document(tmp_path):
+    """Documents packed into one row with the MLM head gathered at masked slots (what packed
+    pretraining rows need) give each document's own logits there."""
+    model, params = _model(tmp_path, "masked-lm")
+    sequences = _sequences(4, [7, 5, 4])
+    placement, rows = _packed(sequences)
+    slots = np.array([[1, 8, 13, 0], [0, 0, 0, 0]], np.int32)  # one in each document, row 0
+    packed = np.asarray(model.apply({"params": params}, rows["input_ids"],
+                                    segment_ids=rows["segment_ids"],
+                                    masked_positions=slots).logits)
+    alone_ids, alone_mask = pad_batch(sequences, ROW, 1)
+    alone = np.asarray(model.apply({"params": params}, alone_ids, attention_mask=alone_mask).logits)
+    for slot, position in enumerate(slots[0][:3]):
+        document = int(rows["segment_ids"][0, position]) - 1
+        sequence = int(np.flatnonzero((placement.row == 0) & (placement.slot == document))[0])
+        np.testing.assert_allclose(packed[0, slot],
+                                   alone[sequence, position - placement.start[sequence]],
+                                   atol=1e-5, rtol=0)
