@@ -350,3 +350,18 @@ def test_packed_pretraining_rows_predict_masked_words_per_document(tmp_path):
         np.testing.assert_allclose(packed[0, slot],
                                    alone[sequence, position - placement.start[sequence]],
                                    atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("total_steps, step_seconds, expected", [
+    (60, 0.1, (8,)),           # a short run: a second compile (10 s) is not won back
+    (100_000, 0.1, (5, 6, 8)),  # a long one: every row saved counts
+    (2_000, 0.1, (6, 8)),      # in between: 2000 * 10% of 0.1 s beats one more compile only
+])
+def test_a_run_compiles_more_row_counts_only_where_they_pay(total_steps, step_seconds, expected):
+    plan = pack.Plan(64, 8, (5, 6, 8), 1, 16, 1000, 800,
+                     options=(((8,), 1000), ((6, 8), 900), ((5, 6, 8), 880)))
+    counts = pack.RowCounts(plan, total_steps)
+    assert counts.row_counts == (8,) and counts.measuring
+    for seconds in [10.0 + step_seconds] + [step_seconds] * (pack.RowCounts.PROBE - 1):
+        counts.observe(seconds)
+    assert not counts.measuring and counts.row_counts == expected
