@@ -97,16 +97,14 @@ def setup(work: pathlib.Path, train: int, dev: int, predict: int) -> dict:
 # ----------------------------------------------------------------------------- the two sides
 
 def _run(command: list[str], cpus: int, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall time of a whole command, pinned to the first `cpus` cores."""
+    """Wall time of a whole command (on the cores main() pinned this process to)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(cpus), JAX_PLATFORMS="cpu",
                TOKENIZERS_PARALLELISM="false")
     env.pop("XLA_FLAGS", None)
-    allowed = sorted(os.sched_getaffinity(0))[:cpus]
     kwargs.setdefault("stdout", subprocess.PIPE)
     start = time.perf_counter()
-    out = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: os.sched_setaffinity(0, allowed), **kwargs)
+    out = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True, **kwargs)
     seconds = time.perf_counter() - start
     if out.returncode:
         raise RuntimeError(f"{' '.join(command[:4])}... failed (exit {out.returncode}):\n"
@@ -340,6 +338,8 @@ def main():
         if getattr(args, side):
             work, passes = getattr(args, side)
             return predict_passes(pathlib.Path(work), side, int(passes))
+    # This process and every command it runs stay on the first --cpus cores.
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
     with tempfile.TemporaryDirectory() as temporary:
         work = pathlib.Path(args.work or temporary)
         work.mkdir(parents=True, exist_ok=True)

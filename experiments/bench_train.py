@@ -356,18 +356,16 @@ def _command(side, shape_name, threads, python, serve=False):
             + (["--serve"] if serve else [])), env
 
 
-def _pinned(threads):
-    """A preexec_fn keeping a side on the first `threads` cores: XLA sizes its thread pool by
-    the cores it may use, torch by OMP_NUM_THREADS; this makes them the same."""
-    cores = sorted(os.sched_getaffinity(0))[:threads]
-    return lambda: os.sched_setaffinity(0, cores)
+def _pin(threads):
+    """Keep this process, and the sides it starts, on the first `threads` cores: XLA sizes its
+    thread pool by the cores it may use, torch by OMP_NUM_THREADS; this makes them the same."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
 
 
 def measure(side, shape_name, threads, python=sys.executable):
     """Run one side in a fresh process, alone."""
     command, env = _command(side, shape_name, threads, python)
-    out = subprocess.run(command, capture_output=True, text=True, env=env,
-                         preexec_fn=_pinned(threads))
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -384,8 +382,7 @@ def measure_interleaved(pythons: dict, shape_name, threads, rounds):
     for side, python in pythons.items():
         command, env = _command(side, shape_name, threads, python, serve=True)
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=_pinned(threads))
+                                stderr=subprocess.PIPE, text=True, env=env)
         if _read_until(proc, "READY") is None:
             print(f"{shape_name} {side}: failed, left out: "
                   f"{_last_error_line(proc)}", flush=True)
@@ -450,7 +447,7 @@ def main():
         parser.error(f"--hf-flax-python {args.hf_flax_python}: no such interpreter")
     if not args.hf_flax_python:
         print("HF Flax peer skipped: run `bash experiments/setup_hf_flax.sh` to measure it")
-    _pinned(args.threads)()  # the ceiling on the cores the sides get
+    _pin(args.threads)  # the ceiling, and every side, on the same cores
     ceiling = matmul_ceiling()
     print(f"2048^3 fp32 matmul ceiling: {ceiling / 1e9:.1f} GFLOP/s ({args.threads} threads)")
     if "variants" in args.tables:
