@@ -276,13 +276,14 @@ class _Run:
 
 
 def classification_train_step(sequences: list[list[int]], labels, batch_size: int = 32,
-                              preset: str = "roberta-base", dtype: str = "bfloat16",
+                              preset="roberta-base", dtype: str = "bfloat16",
                               packing: str = "on", attention: str = "eager",
                               attention_dropout: float | None = None, seed: int = 0,
                               pad_id: int = 1):
     """The real train step of `roberta-jax finetune` for sentence classification (the GLUE
     recipe: AdamW, 6% warmup then linear decay, weight decay 0.1, dropout on) from a fresh
-    `preset` model computing in `dtype`, on already tokenized `sequences` (each `<s> ... </s>`)
+    `preset` model (a PRESETS name or a RobertaConfig) computing in `dtype`, on already
+    tokenized `sequences` (each `<s> ... </s>`)
     with int `labels`, for benchmarks on accelerators (#18: experiments/gpu_bench.py).
 
     -> (step, params, opt_state, batches): `step(params, opt_state, batch, key, step_number)`
@@ -292,7 +293,8 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
     The fused attention kernels have no dropout: train with `attention_dropout=0.0` to use them
     (`attention` "jax" or "cudnn"); with the preset's 0.1 training falls back to "eager"."""
     import types
-    config = PRESETS[preset].replace(attention_implementation=attention)
+    config = (PRESETS[preset] if isinstance(preset, str) else preset).replace(
+        attention_implementation=attention)
     if attention_dropout is not None:
         config = config.replace(attention_probs_dropout_prob=attention_dropout)
     examples = types.SimpleNamespace(labels=np.asarray(labels, np.int32))
@@ -303,11 +305,10 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
         lr=0.0, warmup_ratio=0.06, b2=0.98, eps=1e-6, weight_decay=-1.0, weight_decay_mask="hf",
         clip_norm=0.0, batch_size=batch_size, epochs=1, packing=packing, progress=False))
     kind = task_kinds.for_task(task, settings)
-    model, params = load_model("", kind.head, int(np.max(labels)) + 1, None, seed,
-                               preset, config.vocab_size, jnp.dtype(dtype))
-    model = model.clone(config=model.config.replace(
-        attention_implementation=attention,
-        attention_probs_dropout_prob=config.attention_probs_dropout_prob))
+    model = TASKS[kind.head][0](config.replace(num_labels=int(np.max(labels)) + 1),
+                                dtype=jnp.dtype(dtype))
+    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))[
+        "params"])
     tokenizer = types.SimpleNamespace(pad_id=pad_id)
     run = _Run.build(settings, task, kind, tokenizer, model, split, {}, None,
                      config.max_sequence_length, seed)

@@ -365,3 +365,23 @@ def test_a_run_compiles_more_row_counts_only_where_they_pay(total_steps, step_se
     for seconds in [10.0 + step_seconds] + [step_seconds] * (pack.RowCounts.PROBE - 1):
         counts.observe(seconds)
     assert not counts.measuring and counts.row_counts == expected
+
+
+def test_the_benchmark_fine_tuning_step_trains_on_packed_rows():
+    """finetune.classification_train_step, which GPU benchmarks call, is the run's real step."""
+    from roberta_jax.config import RobertaConfig
+    from roberta_jax.finetune import classification_train_step
+    config = RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32, max_position_embeddings=40)
+    rng = np.random.default_rng(0)
+    sequences = _sequences(5, rng.integers(3, 20, 64))
+    step, params, opt_state, batches = classification_train_step(
+        sequences, rng.integers(0, 2, 64), 16, config, "float32")
+    assert len(batches) == 4 and "segment_ids" in batches[0]
+    assert batches[0]["input_ids"].size < 16 * 32  # fewer positions than 16 padded rows
+    before = jax.tree.map(np.array, params)
+    for i, batch in enumerate(batches):
+        params, opt_state, loss = step(params, opt_state, batch, jax.random.key(0), np.int32(i))
+        assert np.isfinite(float(loss))
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), params, before)
+    assert min(jax.tree.leaves(moved)) > 0  # every parameter trained
