@@ -11,6 +11,7 @@ the one loop. Run it with `roberta-jax finetune --config configs/glue.py --confi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -28,6 +29,8 @@ from roberta_jax import sharding as shd
 from roberta_jax import task_kinds, tasks
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
+from roberta_jax.data import pack_examples as pack
+from roberta_jax.data.classification import bucket_length
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
@@ -102,11 +105,22 @@ def _graft(fresh: dict, encoder: dict) -> dict:
 
 # =============================================================================== steps
 
+def model_inputs(kind, batch) -> dict:
+    """The model's keyword inputs from a batch: padded (attention_mask) or packed (segment_ids,
+    and segment_starts for the heads that read one vector per sequence)."""
+    if "segment_ids" not in batch:
+        return {"attention_mask": batch["attention_mask"]}
+    if kind.pools:
+        return {"segment_ids": batch["segment_ids"], "segment_starts": batch["segment_starts"]}
+    return {"segment_ids": batch["segment_ids"]}
+
+
 def make_steps(model, tx, kind):
-    """(loss_fn, train_step, predict_step); the loss and outputs are the kind's."""
+    """(loss_fn, train_step, predict_step) for padded or packed batches; the loss and outputs
+    are the kind's."""
     def loss_fn(params, batch, key):
         output = model.apply({"params": params}, batch["input_ids"],
-                             attention_mask=batch["attention_mask"], deterministic=key is None,
+                             **model_inputs(kind, batch), deterministic=key is None,
                              rngs=None if key is None else {"dropout": key})
         return kind.loss(output, batch)
 
@@ -117,7 +131,7 @@ def make_steps(model, tx, kind):
 
     def predict_step(params, batch):
         return kind.outputs(model.apply({"params": params}, batch["input_ids"],
-                                        attention_mask=batch["attention_mask"]))
+                                        **model_inputs(kind, batch)))
 
     return loss_fn, train_step, predict_step
 
@@ -137,6 +151,8 @@ def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
 
 def finetune(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
+    if config.get("packing", "auto") not in PACKING:
+        raise UserError(f"packing {config.packing!r}: use one of {', '.join(PACKING)}")
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
     tokenizer = load_tokenizer(_tokenizer_path(config))
@@ -149,11 +165,26 @@ def finetune(config, workdir) -> dict:
     tests = {split: (kind.read(split, label_names)[0], out) for split, out in task.test_splits}
     dtype = jnp.dtype(config.dtype)
 
-    results = {}
+    results, run = {}, None
     for seed in config.seeds:
-        results[str(seed)] = _train_one_seed(config, task, kind, tokenizer, train, evals, tests,
-                                             label_names, num_labels, seed, dtype,
-                                             workdir / f"seed{seed}")
+        model, params = load_model(config.init, kind.head, num_labels,
+                                   None if task.regression else label_names, seed,
+                                   config.model_preset, tokenizer.vocab_size, dtype,
+                                   reset_head=config.reset_head)
+        model = model.clone(config=model.config.replace(
+            attention_implementation=config.get("attention_implementation", "eager")))
+        if run is None:  # what every seed shares, compiled programs included
+            if tokenizer.vocab_size > model.config.vocab_size:
+                raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
+                                f"vocabulary has {model.config.vocab_size}; they do not belong "
+                                "together")
+            max_length = min(config.max_length or task.max_length,
+                             model.config.max_sequence_length)
+            run = _Run.build(config, task, kind, tokenizer, model,
+                             kind.encode(tokenizer, train, max_length, label_names),
+                             {s: kind.encode(tokenizer, d, max_length, label_names)
+                              for s, d in evals.items()}, label_names, max_length, seed)
+        results[str(seed)] = _train_one_seed(run, params, tests, seed, workdir / f"seed{seed}")
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
     summary = {"task": task.name, "seeds": list(config.seeds), "per_seed": results}
     if primary:
@@ -179,34 +210,121 @@ def _tokenizer_path(config) -> str:
     return str(init.parent if init.is_file() else init)
 
 
-def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_names, num_labels,
-                    seed, dtype, out: pathlib.Path) -> dict:
-    model, params = load_model(config.init, kind.head, num_labels,
-                               None if task.regression else label_names, seed,
-                               config.model_preset, tokenizer.vocab_size, dtype,
-                               reset_head=config.reset_head)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's "
-                        f"vocabulary has {model.config.vocab_size}; they do not belong together")
-    max_length = min(config.max_length or task.max_length, model.config.max_sequence_length)
-    train_split = kind.encode(tokenizer, train, max_length, label_names)
-    eval_splits = {s: kind.encode(tokenizer, d, max_length, label_names) for s, d in evals.items()}
-    batch_size = config.batch_size or task.batch_size
-    steps_per_epoch = max(1, train_split.size // batch_size)
-    epochs = config.epochs or task.epochs
-    total_steps = steps_per_epoch * epochs
-    tx = make_optimizer(recipe(config, task, total_steps))
-    _, train_step, predict_step = make_steps(model, tx, kind)
+@dataclasses.dataclass
+class _Run:
+    """What every seed of a run shares: the model, the encoded splits, the optimizer, the jitted
+    steps (so a later seed compiles nothing) and the batch layout."""
+    config: ml_collections.ConfigDict
+    task: tasks.Task
+    kind: object
+    tokenizer: object
+    label_names: list | None
+    model: nn.Module
+    max_length: int
+    train_split: task_kinds.Split
+    eval_splits: dict
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    tx: optax.GradientTransformation
+    jit_train: object      # (params, opt_state, batch, key, step) -> (params, opt_state, loss)
+    jit_predict: object    # (params, batch) -> the kind's outputs
+    mesh: object
+    buckets: tuple[int, ...]
+    packing: pack.Plan | None
+    row_counts: pack.RowCounts | None
 
-    mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-    if batch_size % mesh.size:
-        raise UserError(f"batch size {batch_size} is not divisible by the {mesh.size} devices")
+    @classmethod
+    def build(cls, config, task, kind, tokenizer, model, train_split, eval_splits, label_names,
+              max_length, seed):
+        batch_size = config.batch_size or task.batch_size
+        steps_per_epoch = max(1, train_split.size // batch_size)
+        epochs = config.epochs or task.epochs
+        tx = make_optimizer(recipe(config, task, steps_per_epoch * epochs))
+        _, train_step, predict_step = make_steps(model, tx, kind)
+        mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+        if batch_size % mesh.size:
+            raise UserError(f"batch size {batch_size} is not divisible by the {mesh.size} "
+                            "devices")
+
+        def keyed_train_step(params, opt_state, batch, key, step):
+            # The step's dropout key is folded in here, not by an eager call per step.
+            return train_step(params, opt_state, batch, jax.random.fold_in(key, step))
+
+        buckets = tuple(b for b in (32, 64, 128, 256, 512) if b < max_length) + (max_length,)
+        packing = _packing_plan(config, kind, train_split, eval_splits, batch_size, buckets,
+                                max_length, mesh.size,
+                                np.random.default_rng([seed, 0]).permutation(train_split.size))
+        row_counts = None if packing is None else pack.RowCounts(
+            packing, steps_per_epoch * epochs)
+        return cls(config, task, kind, tokenizer, label_names, model, max_length, train_split,
+                   eval_splits, batch_size, steps_per_epoch, epochs, tx,
+                   jax.jit(keyed_train_step, donate_argnums=(0, 1)), jax.jit(predict_step),
+                   mesh, buckets, packing, row_counts)
+
+    def train_batches(self, order):
+        if self.packing is None:
+            return self.kind.batches(self.train_split, self.batch_size, self.tokenizer.pad_id,
+                                     self.buckets, order, drop_last=True)
+        return pack.train_batches(self.kind, self.train_split, self.packing, self.batch_size,
+                                  order, self.tokenizer.pad_id, self.row_counts)
+
+    def outputs(self, params, split):
+        return _predict(self.jit_predict, params, self.kind, split, self.batch_size,
+                        self.tokenizer.pad_id, self.buckets, self.max_length, self.mesh,
+                        self.packing)
+
+
+def classification_train_step(sequences: list[list[int]], labels, batch_size: int = 32,
+                              preset="roberta-base", dtype: str = "bfloat16",
+                              packing: str = "on", attention: str = "eager",
+                              attention_dropout: float | None = None, seed: int = 0,
+                              pad_id: int = 1):
+    """The real train step of `roberta-jax finetune` for sentence classification (the GLUE
+    recipe: AdamW, 6% warmup then linear decay, weight decay 0.1, dropout on) from a fresh
+    `preset` model (a PRESETS name or a RobertaConfig) computing in `dtype`, on already
+    tokenized `sequences` (each `<s> ... </s>`)
+    with int `labels`, for benchmarks on accelerators (#18: experiments/gpu_bench.py).
+
+    -> (step, params, opt_state, batches): `step(params, opt_state, batch, key, step_number)`
+    is the run's jitted step (parameters and optimizer state donated) returning (params,
+    opt_state, loss); `batches` is one epoch of device batches in the run's layout: packed rows
+    (packing "on"), or padded to buckets ("off"). Batches hold `batch_size` examples each.
+    The fused attention kernels have no dropout: train with `attention_dropout=0.0` to use them
+    (`attention` "jax" or "cudnn"); with the preset's 0.1 training falls back to "eager"."""
+    import types
+    config = (PRESETS[preset] if isinstance(preset, str) else preset).replace(
+        attention_implementation=attention)
+    if attention_dropout is not None:
+        config = config.replace(attention_probs_dropout_prob=attention_dropout)
+    examples = types.SimpleNamespace(labels=np.asarray(labels, np.int32))
+    split = task_kinds.Split(examples, [list(s) for s in sequences], len(sequences))
+    task = tasks.Task("benchmark", "classification", "given", labels=("0", "1"),
+                      batch_size=batch_size, epochs=1)
+    settings = ml_collections.ConfigDict(dict(
+        lr=0.0, warmup_ratio=0.06, b2=0.98, eps=1e-6, weight_decay=-1.0, weight_decay_mask="hf",
+        clip_norm=0.0, batch_size=batch_size, epochs=1, packing=packing, progress=False))
+    kind = task_kinds.for_task(task, settings)
+    model = TASKS[kind.head][0](config.replace(num_labels=int(np.max(labels)) + 1),
+                                dtype=jnp.dtype(dtype))
+    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))[
+        "params"])
+    tokenizer = types.SimpleNamespace(pad_id=pad_id)
+    run = _Run.build(settings, task, kind, tokenizer, model, split, {}, None,
+                     config.max_sequence_length, seed)
+    params = jax.device_put(params, shd.replicated(run.mesh))
+    opt_state = jax.device_put(run.tx.init(params), shd.replicated(run.mesh))
+    order = np.random.default_rng([seed, 0]).permutation(split.size)
+    batches = [_device_batch(b, run.mesh) for b in run.train_batches(order)]
+    return run.jit_train, params, opt_state, batches
+
+
+def _train_one_seed(run: _Run, params, tests, seed, out: pathlib.Path) -> dict:
+    config, task, kind, mesh = run.config, run.task, run.kind, run.mesh
     params = jax.device_put(params, shd.replicated(mesh))
-    opt_state = jax.device_put(tx.init(params), shd.replicated(mesh))
-    jit_train = jax.jit(train_step, donate_argnums=(0, 1))
-    jit_predict = jax.jit(predict_step)
-
-    checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=False)
+    opt_state = jax.device_put(run.tx.init(params), shd.replicated(mesh))
+    # Saved in the background while the next epoch trains; close() waits for the last one.
+    checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=True)
     first_epoch, best, history = 0, {}, []
     restored = checkpointer.restore(jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
@@ -218,35 +336,38 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
         log.info("seed %d: resumed after epoch %d", seed, first_epoch)
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
     base_key = jax.random.key(seed)
-    buckets = tuple(b for b in (32, 64, 128, 256, 512) if b < max_length) + (max_length,)
-    bar = progress_bar(total_steps, first_epoch * steps_per_epoch, "step", f"seed {seed}",
-                       enabled=config.progress)
+    bar = progress_bar(run.steps_per_epoch * run.epochs, first_epoch * run.steps_per_epoch,
+                       "step", f"seed {seed}", enabled=config.progress)
 
-    for epoch in range(first_epoch, epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(train_split.size)
+    for epoch in range(first_epoch, run.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(run.train_split.size)
         started, losses = time.perf_counter(), []
-        for i, batch in enumerate(kind.batches(train_split, batch_size, tokenizer.pad_id,
-                                               buckets, order, drop_last=True)):
-            step = epoch * steps_per_epoch + i
-            params, opt_state, loss = jit_train(params, opt_state, _device_batch(batch, mesh),
-                                                jax.random.fold_in(base_key, step))
+        for i, batch in enumerate(run.train_batches(order)):
+            step_started = time.perf_counter()
+            params, opt_state, loss = run.jit_train(params, opt_state, _device_batch(batch, mesh),
+                                                    base_key,
+                                                    np.int32(epoch * run.steps_per_epoch + i))
+            if run.row_counts is not None and run.row_counts.measuring:
+                # A few synced steps price a compile against a step (pack.RowCounts).
+                loss.block_until_ready()
+                run.row_counts.observe(time.perf_counter() - step_started)
             losses.append(loss)
             bar.update()
+        losses = jax.device_get(losses)  # waits for the epoch's last step, then times it
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(jax.device_get(losses))),
-                  "examples_per_second": steps_per_epoch * batch_size / seconds}
-        for split, encoded in eval_splits.items():
-            outputs = _predict(jit_predict, params, kind, encoded, batch_size, tokenizer.pad_id,
-                               buckets, max_length, mesh)
-            for name, value in kind.evaluate(encoded, outputs, label_names).items():
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                  "examples_per_second": run.steps_per_epoch * run.batch_size / seconds}
+        for split, encoded in run.eval_splits.items():
+            outputs = run.outputs(params, encoded)
+            for name, value in kind.evaluate(encoded, outputs, run.label_names).items():
                 record[f"{split}_{name}"] = value
         history.append(record)
         bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
-        print(f"seed {seed} epoch {epoch + 1}/{epochs}: " + ", ".join(
+        print(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
             f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"), flush=True)
         if primary is None or not best or record[primary] > best[primary]:
             best = record
-            _save_best(model, params, out / "best", tokenizer)
+            _save_best(run.model, params, out / "best", run.tokenizer)
         checkpointer.save(epoch + 1, {"params": params, "opt_state": opt_state},
                           {"best": best, "history": history})
     bar.close()
@@ -254,29 +375,59 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
 
     if tests:
         from roberta_jax.pretrained import from_pretrained
-        best_model, best_params = from_pretrained(out / "best", kind.head, dtype=dtype)
-        best_predict = jax.jit(make_steps(best_model, tx, kind)[2])
+        # The best weights in the run's own model: its compiled prediction step serves them.
+        _, best_params = from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
+        best_params = jax.device_put(best_params, shd.replicated(mesh))
         for split, (data, filename) in tests.items():
-            encoded = kind.encode(tokenizer, data, max_length, label_names)
-            outputs = _predict(best_predict, best_params, kind, encoded, batch_size,
-                               tokenizer.pad_id, buckets, max_length, mesh)
+            encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
+            outputs = run.outputs(best_params, encoded)
             path = out / (filename or f"{split}_predictions")
-            kind.write_predictions(path, encoded, outputs, label_names)
+            kind.write_predictions(path, encoded, outputs, run.label_names)
             print(f"wrote {encoded.size} test predictions -> {path}")
     return {"best": best, "history": history}
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "weights", "start_positions",
-                "end_positions")
+MODEL_INPUTS = ("input_ids", "attention_mask", "segment_ids", "segment_starts", "labels",
+                "weights", "start_positions", "end_positions", "choice_slots")
 
 
 def _device_batch(batch, mesh):
     return shd.global_batch({k: v for k, v in batch.items() if k in MODEL_INPUTS}, mesh)
 
 
-def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_length, mesh):
+PACKING = ("auto", "on", "off")
+
+
+def _packing_plan(config, kind, train_split, eval_splits, batch_size, buckets, max_length,
+                  devices, order) -> pack.Plan | None:
+    """The packed layout for this run, or None for padded batches: "auto" packs when that
+    computes at most pack.PAYS_BELOW of the positions padded batches would."""
+    mode = config.get("packing", "auto")
+    if mode == "off" or train_split.size < batch_size:
+        return None
+    longest_eval = max((len(s) for split in eval_splits.values()
+                        for s in kind.feature_sequences(split, np.arange(split.size))), default=0)
+    plan = pack.plan(kind, train_split, batch_size, order, buckets,
+                     (lambda longest: bucket_length(longest, buckets)) if kind.bucketed
+                     else (lambda _: max_length), devices, longest_eval)
+    if mode == "auto" and not plan.pays:
+        log.info("padded batches: packing would compute %.0f%% of their positions",
+                 100 * plan.packed_tokens / max(plan.padded_tokens, 1))
+        return None
+    log.info("%s", plan.describe())
+    return plan
+
+
+def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_length, mesh,
+             packing=None):
     """The kind's outputs for every feature row of `split`, in order; per-token outputs
-    ([batch, length, ...]) of bucketed batches are padded back to `max_length` so they stack."""
+    ([batch, length, ...]) come back `max_length` long, so they stack."""
+    if packing is not None:
+        def run(rows):
+            inputs = {k: rows[k] for k in ("input_ids", "segment_ids", "segment_starts")}
+            return jax.device_get(jit_predict(params, shd.global_batch(inputs, mesh)))
+        return pack.predict(kind, split, run, pad_id, max_length, buckets, packing,
+                            multiple=mesh.size)
     outputs = []
     for batch in kind.batches(split, batch_size, pad_id, buckets):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}

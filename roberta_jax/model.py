@@ -5,6 +5,12 @@ self/query/kernel` is `roberta.encoder.layer.3.attention.self.query.weight` tran
 conversion is a mechanical renaming. Every parameter carries logical axis names
 (`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`, `layers`) that sharding rules map onto a mesh;
 without a mesh they do nothing. No I/O, no training policy, no global state here.
+
+Packed rows (DESIGN B6): every model also takes `segment_ids` [b, l] (0 = padding, 1, 2, ... =
+the examples sharing the row, each contiguous) in place of `attention_mask`. Attention is then
+block-diagonal, positions restart at pad_token_id + 1 for each example, and the heads that read
+one vector per sequence read it at `segment_starts` [b, k] (each example's `<s>`), giving one
+output per slot: a row holding one example computes exactly what the unpacked model does.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from roberta_jax.config import RobertaConfig
 
@@ -54,10 +61,36 @@ ACTIVATION_FNS = {
 }
 
 
+def _mix32(x):
+    """murmur3's 32-bit finaliser: a bijection of uint32 in which every input bit flips every
+    output bit with probability close to 1/2."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _hashed_bits(key, lead: tuple[int, ...], width: int) -> jax.Array:
+    """uint32 [*lead, width] from a counter hash of (key, leading index, column): elementwise
+    integer arithmetic that XLA fuses into its consumer. jax.random.bits (threefry, 20 rounds
+    in a loop per draw) doubled the compile time of a training step and took a tenth of its
+    run time on CPU; dropout masks need independent fair bits, not a cipher."""
+    k = jax.random.key_data(key).reshape(-1).astype(jnp.uint32)
+    rows = jnp.zeros((1,), jnp.uint32)
+    if lead:  # one counter over all the leading dims, [*lead, 1]
+        strides = np.cumprod((1,) + lead[::-1])[:-1][::-1]
+        rows = sum(jax.lax.broadcasted_iota(jnp.uint32, (*lead, 1), d) * jnp.uint32(stride)
+                   for d, stride in enumerate(strides))
+    columns = jax.lax.iota(jnp.uint32, width) * jnp.uint32(0x9E3779B9) + k[-1]
+    return _mix32(_mix32(_mix32(rows ^ k[0]) ^ columns))
+
+
 class Dropout(nn.Module):
-    """Inverted dropout, as nn.Dropout computes it, drawing half the random words: each 32-bit
-    word decides two elements, 16 bits each, so the rate is exact to 1/65536. Random numbers are
-    a visible share of a training step: attention probabilities alone are [b, h, l, l]."""
+    """Inverted dropout, as nn.Dropout computes it, from cheap random bits: each 32-bit word of
+    a keyed counter hash (_hashed_bits) decides two elements, 16 bits each, so the rate is
+    exact to 1/65536. Random numbers are a visible share of a training step (attention
+    probabilities alone are [b, h, l, l]) and of its compile time."""
     rate: float
 
     @nn.compact
@@ -67,7 +100,7 @@ class Dropout(nn.Module):
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
         *lead, last = x.shape
-        words = jax.random.bits(self.make_rng("dropout"), (*lead, -(-last // 2)), jnp.uint32)
+        words = _hashed_bits(self.make_rng("dropout"), tuple(lead), -(-last // 2))
         halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :last]
         keep = halves >= jnp.uint16(round(self.rate * 65536))
         return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x)).astype(x.dtype)
@@ -116,6 +149,46 @@ def position_ids_from_input_ids(input_ids: jax.Array, pad_token_id: int) -> jax.
     """
     is_token = (input_ids != pad_token_id).astype(jnp.int32)
     return jnp.cumsum(is_token, axis=-1) * is_token + pad_token_id
+
+
+def position_ids_from_segments(segment_ids: jax.Array, pad_token_id: int) -> jax.Array:
+    """RoBERTa's positions in a packed row: each segment counts from pad_token_id + 1 as if it
+    were alone in the row; padding (segment 0) sits at pad_token_id. Segments are contiguous."""
+    is_token = segment_ids > 0
+    count = jnp.cumsum(is_token.astype(jnp.int32), axis=-1)  # tokens so far in the row
+    previous = jnp.pad(segment_ids[..., :-1], [(0, 0)] * (segment_ids.ndim - 1) + [(1, 0)])
+    first = is_token & (segment_ids != previous)
+    # Tokens of the row before each one's segment: fixed at the segment's first token.
+    before = jax.lax.cummax(jnp.where(first, count - 1, 0), axis=segment_ids.ndim - 1)
+    return jnp.where(is_token, count - before, 0) + pad_token_id
+
+
+def attention_bias(attention_mask=None, segment_ids=None) -> jax.Array:
+    """The additive attention bias: 0 where a query may attend to a key, a large negative
+    number elsewhere (not -inf, so a query that may attend nowhere gets a uniform softmax
+    instead of NaN, as in Hugging Face). [b, 1, 1, k] from a padding mask; block-diagonal
+    [b, 1, q, k] from segment ids (a token attends to its own segment only)."""
+    if segment_ids is not None:
+        allowed = ((segment_ids[:, :, None] == segment_ids[:, None, :])
+                   & (segment_ids[:, None, :] > 0))[:, None]
+    else:
+        allowed = attention_mask[:, None, None, :] > 0
+    return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def _large_negative(dtype) -> float:
+    """The masked-out bias of the fused kernels: the dtype's lowest in fp32; in half precision
+    the values jax's own cuDNN path uses (cuDNN mishandles the difference of two values near
+    the lowest, which a query that may attend nowhere produces)."""
+    return {jnp.dtype(jnp.bfloat16): -2.0 ** 41, jnp.dtype(jnp.float16): -2.0 ** 15}.get(
+        jnp.dtype(dtype), float(jnp.finfo(jnp.float32).min))
+
+
+def _at(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """The vectors at `positions` [b, k] ([b, k, d]), or at position 0 ([b, d]) without them."""
+    if positions is None:
+        return hidden[:, 0]
+    return jnp.take_along_axis(hidden, positions[..., None], axis=1)
 
 
 def _normal(config: RobertaConfig):
@@ -235,8 +308,9 @@ class RobertaSelfAttention(nn.Module):
             deterministic or c.attention_probs_dropout_prob == 0)
         if fused:
             # An additive bias rather than a boolean mask: a fully padded row then attends
-            # uniformly, as the eager path does, instead of becoming zeros.
-            bias = jnp.where(attention_bias == 0, 0, jnp.finfo(query.dtype).min).astype(
+            # uniformly, as the eager path does, instead of becoming zeros. Block-diagonal for
+            # packed rows ([b, 1, q, k]); cuDNN takes it as is.
+            bias = jnp.where(attention_bias == 0, 0, _large_negative(query.dtype)).astype(
                 query.dtype)
             context = jax.nn.dot_product_attention(
                 query, key, value, bias=bias,
@@ -386,9 +460,9 @@ class RobertaPooler(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden):
+    def __call__(self, first):
+        """`first`: the `<s>` vectors [..., d]."""
         c = self.config
-        first = hidden[:, 0]
         return jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
                                "dense")(first))
 
@@ -412,22 +486,25 @@ class RobertaModel(nn.Module):
             self.pooler = RobertaPooler(c, self.dtype, self.param_dtype)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, *, segment_ids=None, segment_starts=None):
+        """With `segment_ids` (packed rows) the pooler reads each segment's first token at
+        `segment_starts` [b, k] ([b, k, d] out); otherwise position 0 ([b, d])."""
         c = self.config
-        if attention_mask is None:
+        if segment_ids is not None and attention_mask is not None:
+            raise ValueError("give segment_ids (packed rows) or attention_mask, not both: "
+                             "segment 0 is the padding")
+        if segment_ids is None and attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if position_ids is None:
-            position_ids = position_ids_from_input_ids(input_ids, c.pad_token_id)
+            position_ids = (position_ids_from_input_ids(input_ids, c.pad_token_id)
+                            if segment_ids is None
+                            else position_ids_from_segments(segment_ids, c.pad_token_id))
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
         x = nn.with_logical_constraint(x, BATCH_LENGTH_EMBED)
-        # Additive bias over keys, [b, 1, 1, k]; large-negative rather than -inf so a fully
-        # padded row gives a uniform softmax instead of NaN, as in Hugging Face.
-        attention_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                                   jnp.finfo(jnp.float32).min).astype(jnp.float32)
-        x = self.encoder(x, attention_bias, deterministic)
-        pooled = self.pooler(x) if self.add_pooling_layer else None
+        x = self.encoder(x, attention_bias(attention_mask, segment_ids), deterministic)
+        pooled = self.pooler(_at(x, segment_starts)) if self.add_pooling_layer else None
         return BaseOutput(last_hidden_state=x, pooler_output=pooled)
 
     def attend(self, hidden):
@@ -447,6 +524,12 @@ class _Head(nn.Module):
     def _encoder(self, add_pooling_layer: bool):
         return RobertaModel(self.config, self.dtype, self.param_dtype, add_pooling_layer,
                              self.scan_layers, self.remat_policy, name="roberta")
+
+    def _hidden(self, input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                segment_ids):
+        return self._encoder(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+            segment_ids=segment_ids).last_hidden_state
 
     @property
     def _classifier_dropout(self) -> float:
@@ -478,10 +561,10 @@ class RobertaForMaskedLM(_Head):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 masked_positions=None, deterministic: bool = True):
+                 masked_positions=None, deterministic: bool = True, *, segment_ids=None):
         roberta = self._encoder(add_pooling_layer=False)
         hidden = roberta(input_ids, attention_mask, token_type_ids, position_ids,
-                         deterministic).last_hidden_state
+                         deterministic, segment_ids=segment_ids).last_hidden_state
         selected = hidden
         if masked_positions is not None:
             selected = jnp.take_along_axis(hidden, masked_positions[..., None], axis=1)
@@ -497,9 +580,10 @@ class RobertaClassificationHead(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, hidden, deterministic: bool):
+    def __call__(self, first, deterministic: bool):
+        """`first`: the `<s>` vectors [..., d] (this head does not use the pooler)."""
         c = self.config
-        x = hidden[:, 0]  # <s>; this head does not use the pooler
+        x = first
         x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
         x = jnp.tanh(_dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
                             "dense")(x))
@@ -509,27 +593,35 @@ class RobertaClassificationHead(nn.Module):
 
 
 class RobertaForSequenceClassification(_Head):
-    """Sentence (pair) classification, or regression when num_labels == 1 (STS-B)."""
+    """Sentence (pair) classification, or regression when num_labels == 1 (STS-B). Logits are
+    [b, labels], or [b, k, labels] for packed rows (one per segment start)."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True):
-        hidden = self._encoder(add_pooling_layer=False)(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+                 deterministic: bool = True, *, segment_ids=None, segment_starts=None):
+        _check_packed(segment_ids, segment_starts)
+        hidden = self._hidden(input_ids, attention_mask, token_type_ids, position_ids,
+                              deterministic, segment_ids)
         logits = RobertaClassificationHead(self.config, self._classifier_dropout, self.dtype,
-                                           self.param_dtype, name="classifier")(hidden,
-                                                                                deterministic)
+                                           self.param_dtype, name="classifier")(
+            _at(hidden, segment_starts), deterministic)
         return ClassifierOutput(logits=logits, last_hidden_state=hidden)
+
+
+def _check_packed(segment_ids, segment_starts):
+    if (segment_ids is None) != (segment_starts is None):
+        raise ValueError("packed rows need both segment_ids and segment_starts (where each "
+                         "segment's <s> is)")
 
 
 class RobertaForTokenClassification(_Head):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, *, segment_ids=None):
         c = self.config
-        hidden = self._encoder(add_pooling_layer=False)(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+        hidden = self._hidden(input_ids, attention_mask, token_type_ids, position_ids,
+                              deterministic, segment_ids)
         x = Dropout(self._classifier_dropout)(hidden, deterministic=deterministic)
         logits = _dense(c, c.num_labels, ("embed", "labels"), self.dtype, self.param_dtype,
                         "classifier")(x)
@@ -541,10 +633,10 @@ class RobertaForQuestionAnswering(_Head):
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, *, segment_ids=None):
         c = self.config
-        hidden = self._encoder(add_pooling_layer=False)(
-            input_ids, attention_mask, token_type_ids, position_ids, deterministic).last_hidden_state
+        hidden = self._hidden(input_ids, attention_mask, token_type_ids, position_ids,
+                              deterministic, segment_ids)
         logits = _dense(c, c.num_labels, ("embed", "labels"), self.dtype, self.param_dtype,
                         "qa_outputs")(hidden)
         return QuestionAnsweringOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
@@ -553,12 +645,23 @@ class RobertaForQuestionAnswering(_Head):
 
 class RobertaForMultipleChoice(_Head):
     """Inputs are [batch, choices, length]; each choice is encoded on its own, scored from the
-    pooler output, and the logits come back as [batch, choices]."""
+    pooler output, and the logits come back as [batch, choices]. Packed rows ([b, l] with
+    segment_ids, each segment one choice of some example) give a score per segment start,
+    [b, k]; the caller knows which example and choice each slot holds."""
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                 deterministic: bool = True):
+                 deterministic: bool = True, *, segment_ids=None, segment_starts=None):
         c = self.config
+        _check_packed(segment_ids, segment_starts)
+        if segment_ids is not None:
+            out = self._encoder(add_pooling_layer=True)(
+                input_ids, attention_mask, token_type_ids, position_ids, deterministic,
+                segment_ids=segment_ids, segment_starts=segment_starts)
+            x = Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
+            scores = _dense(c, 1, ("embed", "labels"), self.dtype, self.param_dtype,
+                            "classifier")(x)
+            return ClassifierOutput(logits=scores[..., 0], last_hidden_state=out.last_hidden_state)
         batch, choices, length = input_ids.shape
 
         def flat(x):

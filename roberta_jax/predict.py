@@ -12,6 +12,8 @@ What comes out depends on the model's head:
 
 Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects or plain text
 (a plain line is the text; for token classification it is split into words at white space).
+Inputs are packed several to a row (data/pack_examples.py), so short ones cost what their
+tokens cost; the outputs are those of each input run alone.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import sys
 
 import numpy as np
 
+from roberta_jax.data import pack_examples as pack
 from roberta_jax.data.classification import bucket_length, read_rows
-from roberta_jax.data.tokenizer import load_tokenizer, pad_batch
+from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 
 BUCKETS = (32, 64, 128, 256, 512)
@@ -51,143 +54,193 @@ def _field(record: dict, name: str, number: int):
     return record[name]
 
 
+class Predictor:
+    """A model loaded once, with its jitted forward pass over packed rows (several inputs to a
+    row, kept apart by segment ids: no compute spent on padding): records in, one JSON-able
+    dict per record out, whatever the head."""
+
+    def __init__(self, model_dir: str, batch_size: int = 32):
+        import jax
+        from roberta_jax.pretrained import from_pretrained, task_of
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model, self.params = from_pretrained(model_dir)
+        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+            raise UserError(f"{model_dir}: the tokenizer has {self.tokenizer.vocab_size} ids but "
+                            f"the model {self.model.config.vocab_size}; they do not belong "
+                            "together")
+        self.head = task_of(self.model)
+        if self.head == "base":
+            raise UserError(f"{model_dir}: a bare encoder has no head to predict with; fine-tune "
+                            "it or give a masked-LM / classifier / QA / multiple-choice model")
+        if batch_size < 1:
+            raise UserError(f"batch size {batch_size}: it must be at least 1")
+        self.batch_size = batch_size
+        self.limit = self.model.config.max_sequence_length
+        self._forward = jax.jit(self._outputs, static_argnames="top_k")
+
+    def _outputs(self, params, rows, top_k=0):
+        """What the host needs of the head's outputs, computed on the device."""
+        import jax
+        import jax.numpy as jnp
+        inputs = {k: rows[k] for k in ("segment_ids", "segment_starts", "masked_positions")
+                  if k in rows}
+        out = self.model.apply({"params": params}, rows["input_ids"], **inputs)
+        if self.head == "question-answering":
+            return jnp.stack([out.start_logits, out.end_logits], -1).astype(jnp.float32)
+        if self.head == "masked-lm":  # the top guesses at each <mask>, specials excluded
+            specials = jnp.zeros(out.logits.shape[-1], bool).at[
+                jnp.asarray(sorted(self.tokenizer.special_ids))].set(True)
+            return jax.lax.top_k(jnp.where(specials, -jnp.inf, out.logits.astype(jnp.float32)),
+                                 top_k)[1]
+        return out.logits.astype(jnp.float32)
+
+    def run(self, sequences: list, per_token: bool, masks: bool = False, top_k: int = 0):
+        """Per-sequence outputs of the model on token sequences, packed into rows of the
+        smallest bucket holding the longest: per token ([n, longest, ...]) or one per sequence
+        ([n, ...]); with `masks`, the top_k ids at each sequence's <mask> tokens (a list)."""
+        lengths = np.asarray([len(s) for s in sequences])
+        longest = int(lengths.max())
+        if longest > self.limit:
+            raise UserError(f"an input of {longest} tokens is longer than the model's "
+                            f"{self.limit}")
+        length = min(bucket_length(longest, BUCKETS + (self.limit,)), self.limit)
+        placement = pack.first_fit(lengths, length)
+        slots = _power_of_two(pack.slots_needed(placement))
+        # Rows per step: about batch_size inputs' worth of tokens, a power of two so that few
+        # programs are compiled whatever the inputs.
+        step = _power_of_two(max(1, -(-self.batch_size * int(lengths.mean()) // length)))
+        step = min(step, _power_of_two(placement.rows))
+        rows = pack.rows_of(sequences, placement, -(-placement.rows // step) * step, length,
+                            slots, self.tokenizer.pad_id)
+        if self.head not in ("sequence-classification", "multiple-choice"):
+            del rows["segment_starts"]
+        if masks:
+            found = [np.flatnonzero(r == self.tokenizer.mask_id) for r in rows["input_ids"]]
+            width = _power_of_two(max(1, max(len(f) for f in found)))
+            rows["masked_positions"] = np.stack([np.pad(f, (0, width - len(f)))
+                                                 for f in found]).astype(np.int32)
+        results = np.concatenate([
+            np.asarray(self._forward(self.params, {k: v[first:first + step]
+                                                   for k, v in rows.items()}, top_k=top_k))
+            for first in range(0, len(rows["input_ids"]), step)])
+        if masks:  # a sequence's masks are those of its row that lie within it
+            return [results[r, np.flatnonzero((found[r] >= s) & (found[r] < s + n))]
+                    for r, s, n in zip(placement.row, placement.start, placement.length)]
+        if per_token:
+            return pack.unpack_tokens(results, placement, longest)
+        return pack.unpack_slots(results, placement)
+
+    def __call__(self, records: list[dict], text_field: str = "text",
+                 pair_field: str | None = None, top_k: int = 5, allow_no_answer: bool = False):
+        """One output dict per record, in order (records are numbered from 1 in errors)."""
+        writers = {"sequence-classification": self._classify, "masked-lm": self._fill_masks,
+                   "token-classification": self._tag, "question-answering": self._answer,
+                   "multiple-choice": self._choose}
+        # Packed a few hundred records at a time: output flows, memory stays bounded.
+        chunk_size = 16 * self.batch_size
+        for start in range(0, len(records), chunk_size):
+            chunk = list(enumerate(records[start:start + chunk_size], start + 1))
+            yield from writers[self.head](chunk, text_field=text_field, pair_field=pair_field,
+                                          top_k=top_k, allow_no_answer=allow_no_answer)
+
+    def _classify(self, chunk, text_field, pair_field, **_):
+        config, tokenizer = self.model.config, self.tokenizer
+        texts = [(str(_field(r, text_field, n)), str(_field(r, pair_field, n)) if pair_field
+                  else None) for n, r in chunk]
+        logits = self.run([tokenizer(t, p, max_length=self.limit) for t, p in texts],
+                          per_token=False)
+        for (text, _), row in zip(texts, logits):
+            if config.num_labels == 1:
+                yield {"text": text, "score": float(row[0])}
+                continue
+            probs = _softmax(row)
+            best = int(probs.argmax())
+            yield {"text": text, "label": config.labels[best], "score": float(probs[best]),
+                   "scores": {name: float(p) for name, p in zip(config.labels, probs)}}
+
+    def _fill_masks(self, chunk, text_field, top_k, **_):
+        tokenizer = self.tokenizer
+        texts = [str(_field(r, text_field, n)) for n, r in chunk]
+        guesses = self.run([tokenizer(t, max_length=self.limit) for t in texts], per_token=False,
+                           masks=True, top_k=min(top_k, self.model.config.vocab_size))
+        for text, per_mask in zip(texts, guesses):
+            fills = [[tokenizer.decode([int(t)]).strip() or tokenizer.id_to_token(int(t))
+                      for t in ids] for ids in per_mask]
+            yield {"text": text, "masks": fills}
+
+    def _tag(self, chunk, text_field, **_):
+        from roberta_jax.data import tokens as token_data
+        from roberta_jax.metrics import entity_spans
+        sentences = []
+        for n, record in chunk:
+            words = record.get("tokens")
+            sentences.append([str(w) for w in words] if isinstance(words, list)
+                             else str(_field(record, text_field, n)).split())
+        encoded = [token_data.encode_words(self.tokenizer, words, None, self.limit)
+                   for words in sentences]
+        logits = self.run([ids for ids, _, _ in encoded], per_token=True)
+        labels = list(self.model.config.labels)
+        outside = labels.index(token_data.OUTSIDE) if token_data.OUTSIDE in labels else 0
+        for words, (_, _, word_index), row in zip(sentences, encoded, logits):
+            tags = [labels[t] for t in token_data.word_predictions(row, word_index, len(words),
+                                                                    outside)]
+            entities = [{"type": kind, "text": " ".join(words[s:e]), "start": s, "end": e}
+                        for kind, s, e in sorted(entity_spans(tags), key=lambda x: x[1])]
+            yield {"tokens": words, "tags": tags, "entities": entities}
+
+    def _answer(self, chunk, allow_no_answer, **_):
+        from roberta_jax import qa
+        examples = [qa.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
+                                 str(_field(r, "context", n)), [], []) for n, r in chunk]
+        length = min(self.limit, 384)
+        features = qa.make_features(self.tokenizer, examples, max_length=length,
+                                    stride=min(128, length // 4),
+                                    max_query_length=min(64, length // 4))
+        windows = [ids[:int(mask.sum())]
+                   for ids, mask in zip(features.input_ids, features.attention_mask)]
+        logits = self.run(windows, per_token=True)
+        logits = np.pad(logits, [(0, 0), (0, length - logits.shape[1]), (0, 0)])
+        # Only a model trained on SQuAD v2 has learnt to say "no answer" through the <s> logits.
+        decoded = qa.decode(examples, features, logits[..., 0], logits[..., 1],
+                            version_2=allow_no_answer)
+        for example in examples:
+            best = decoded[example.id]
+            span = best["nbest"][0] if best["text"] and best["nbest"] else None
+            yield {"id": example.id, "question": example.question, "answer": best["text"],
+                   "score": best["score"], "start": span["start"] if span else None,
+                   "end": span["end"] if span else None}
+
+    def _choose(self, chunk, **_):
+        from roberta_jax.data import choices as choice_data
+        examples = choice_data.ChoiceExamples(
+            contexts=[str(r.get("context", "")) for _, r in chunk],
+            questions=[str(r.get("question", "")) for _, r in chunk],
+            choices=[[str(c) for c in _field(r, "choices", n)] for n, r in chunk],
+            labels=None, ids=[r.get("id", n) for n, r in chunk])
+        encoded = choice_data.encode_choices(self.tokenizer, examples, self.limit)
+        scores = self.run([ids for rows in encoded for ids in rows], per_token=False)
+        first = 0
+        for i, options in enumerate(examples.choices):  # each input may have its own number
+            probs = _softmax(scores[first:first + len(options)])
+            first += len(options)
+            best = int(probs.argmax())
+            yield {"id": examples.ids[i], "prediction": best, "choice": options[best],
+                   "scores": [float(p) for p in probs]}
+
+
 def predict(model_dir: str, records: list[dict], text_field: str = "text",
             pair_field: str | None = None, batch_size: int = 32, top_k: int = 5,
             allow_no_answer: bool = False, out=sys.stdout) -> None:
-    import jax
-    from roberta_jax.pretrained import from_pretrained, task_of
-    tokenizer = load_tokenizer(model_dir)
-    model, params = from_pretrained(model_dir)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"{model_dir}: the tokenizer has {tokenizer.vocab_size} ids but the "
-                        f"model {model.config.vocab_size}; they do not belong together")
-    head = task_of(model)
-    if head == "base":
-        raise UserError(f"{model_dir}: a bare encoder has no head to predict with; fine-tune it "
-                        "or give a masked-LM / classifier / QA / multiple-choice model")
-    apply = jax.jit(lambda ids, mask: model.apply({"params": params}, ids, attention_mask=mask))
-    limit = model.config.max_sequence_length
-    writers = {"sequence-classification": _classify, "masked-lm": _fill_masks,
-               "token-classification": _tag, "question-answering": _answer,
-               "multiple-choice": _choose}
-    for start in range(0, len(records), batch_size):
-        chunk = list(enumerate(records[start:start + batch_size], start + 1))
-        options = dict(text_field=text_field, pair_field=pair_field, top_k=top_k,
-                       allow_no_answer=allow_no_answer)
-        for record in writers[head](apply, model.config, tokenizer, chunk, limit, **options):
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    predictor = Predictor(model_dir, batch_size)
+    for record in predictor(records, text_field=text_field, pair_field=pair_field, top_k=top_k,
+                            allow_no_answer=allow_no_answer):
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _run(apply, sequences, limit, pad_id):
-    length = min(bucket_length(max(len(s) for s in sequences), BUCKETS + (limit,)), limit)
-    ids, mask = pad_batch(sequences, length, pad_id)
-    return ids, apply(ids, mask)
+def _power_of_two(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
-
-
-def _classify(apply, config, tokenizer, chunk, limit, text_field, pair_field, top_k,
-              allow_no_answer):
-    texts = [(str(_field(r, text_field, n)), str(_field(r, pair_field, n)) if pair_field
-              else None) for n, r in chunk]
-    _, output = _run(apply, [tokenizer(t, p, max_length=limit) for t, p in texts], limit,
-                     tokenizer.pad_id)
-    logits = np.asarray(output.logits, np.float32)
-    for (text, _), row in zip(texts, logits):
-        if config.num_labels == 1:
-            yield {"text": text, "score": float(row[0])}
-            continue
-        probs = _softmax(row)
-        best = int(probs.argmax())
-        yield {"text": text, "label": config.labels[best], "score": float(probs[best]),
-               "scores": {name: float(p) for name, p in zip(config.labels, probs)}}
-
-
-def _fill_masks(apply, config, tokenizer, chunk, limit, text_field, pair_field, top_k,
-                allow_no_answer):
-    texts = [str(_field(r, text_field, n)) for n, r in chunk]
-    ids, output = _run(apply, [tokenizer(t, max_length=limit) for t in texts], limit,
-                       tokenizer.pad_id)
-    logits = np.asarray(output.logits, np.float32)
-    for text, row_ids, row in zip(texts, ids, logits):
-        fills = []
-        for position in np.flatnonzero(row_ids == tokenizer.mask_id):
-            scores = row[position].copy()
-            scores[list(tokenizer.special_ids)] = -np.inf
-            fills.append([tokenizer.decode([int(t)]).strip() or tokenizer.id_to_token(int(t))
-                          for t in np.argsort(-scores)[:top_k]])
-        yield {"text": text, "masks": fills}
-
-
-def _tag(apply, config, tokenizer, chunk, limit, text_field, pair_field, top_k,
-         allow_no_answer):
-    from roberta_jax.data import tokens as token_data
-    from roberta_jax.metrics import entity_spans
-    sentences = []
-    for n, record in chunk:
-        words = record.get("tokens")
-        sentences.append([str(w) for w in words] if isinstance(words, list)
-                         else str(_field(record, text_field, n)).split())
-    encoded = [token_data.encode_words(tokenizer, words, None, limit) for words in sentences]
-    _, output = _run(apply, [ids for ids, _, _ in encoded], limit, tokenizer.pad_id)
-    logits = np.asarray(output.logits, np.float32)
-    labels = list(config.labels)
-    outside = labels.index(token_data.OUTSIDE) if token_data.OUTSIDE in labels else 0
-    for words, (_, _, word_index), row in zip(sentences, encoded, logits):
-        tags = [labels[t] for t in token_data.word_predictions(row, word_index, len(words),
-                                                                outside)]
-        entities = [{"type": kind, "text": " ".join(words[s:e]), "start": s, "end": e}
-                    for kind, s, e in sorted(entity_spans(tags), key=lambda x: x[1])]
-        yield {"tokens": words, "tags": tags, "entities": entities}
-
-
-def _answer(apply, config, tokenizer, chunk, limit, text_field, pair_field, top_k,
-            allow_no_answer):
-    from roberta_jax import qa
-    examples = [qa.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
-                             str(_field(r, "context", n)), [], []) for n, r in chunk]
-    length = min(limit, 384)
-    features = qa.make_features(tokenizer, examples, max_length=length,
-                                stride=min(128, length // 4), max_query_length=min(64, length // 4))
-    starts, ends = [], []
-    for first in range(0, len(features.example_index), 32):
-        rows = slice(first, first + 32)
-        output = apply(features.input_ids[rows], features.attention_mask[rows])
-        starts.append(np.asarray(output.start_logits, np.float32))
-        ends.append(np.asarray(output.end_logits, np.float32))
-    # Only a model trained on SQuAD v2 has learnt to say "no answer" through the <s> logits.
-    decoded = qa.decode(examples, features, np.concatenate(starts), np.concatenate(ends),
-                        version_2=allow_no_answer)
-    for example in examples:
-        best = decoded[example.id]
-        span = best["nbest"][0] if best["text"] and best["nbest"] else None
-        yield {"id": example.id, "question": example.question, "answer": best["text"],
-               "score": best["score"], "start": span["start"] if span else None,
-               "end": span["end"] if span else None}
-
-
-def _choose(apply, config, tokenizer, chunk, limit, text_field, pair_field, top_k,
-            allow_no_answer):
-    from roberta_jax.data import choices as choice_data
-    examples = choice_data.ChoiceExamples(
-        contexts=[str(r.get("context", "")) for _, r in chunk],
-        questions=[str(r.get("question", "")) for _, r in chunk],
-        choices=[[str(c) for c in _field(r, "choices", n)] for n, r in chunk],
-        labels=None, ids=[r.get("id", n) for n, r in chunk])
-    for number, choices in zip((n for n, _ in chunk), examples.choices):
-        if len(choices) != len(examples.choices[0]):
-            raise UserError(f"input {number}: {len(choices)} choices, but input "
-                            f"{chunk[0][0]} has {len(examples.choices[0])}; give each batch "
-                            "the same number (or --batch-size 1)")
-    batch = next(choice_data.choice_batches(choice_data.encode_choices(tokenizer, examples, limit),
-                                            None, len(chunk), tokenizer.pad_id,
-                                            BUCKETS + (limit,)))
-    scores = np.asarray(apply(batch["input_ids"], batch["attention_mask"]).logits, np.float32)
-    for i, row in enumerate(scores):
-        probs = _softmax(row)
-        best = int(probs.argmax())
-        yield {"id": examples.ids[i], "prediction": best, "choice": examples.choices[i][best],
-               "scores": [float(p) for p in probs]}

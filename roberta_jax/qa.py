@@ -240,8 +240,8 @@ def decode(examples: list[QAExample], features: QAFeatures, start_logits, end_lo
            null_threshold: float = 0.0) -> dict[str, dict]:
     """Per example id: {"text", "score", "null_score", "nbest"}.
 
-    Candidates are the top `n_best` start and end positions of every window of the example,
-    kept when both lie in the context, end >= start and the span is at most `max_answer_length`
+    Candidates are the top `n_best` start and end positions among the context tokens of every
+    window of the example, kept when end >= start and the span is at most `max_answer_length`
     tokens; score = start + end logit, equal texts from overlapping windows counted once. The
     null score is the lowest `<s>` score over the windows (the window most sure an answer is
     there). With `version_2`, "" is predicted when null_score - best score > null_threshold.
@@ -280,8 +280,12 @@ def _nbest(context, offsets, start_logits, end_logits, windows, n_best, max_answ
     candidates = []  # (score, window, start token, end token)
     for w in windows:
         in_context = np.array([o is not None for o in offsets[w]])
-        top_starts = np.argsort(-start_logits[w], kind="stable")[:n_best]
-        top_ends = np.argsort(-end_logits[w], kind="stable")[:n_best]
+        # The n best among the context's tokens: what the model says at question, special or
+        # padding tokens (which a packed row does not even compute) takes no candidate's place.
+        top_starts = np.argsort(-np.where(in_context, start_logits[w], -np.inf),
+                                kind="stable")[:n_best]
+        top_ends = np.argsort(-np.where(in_context, end_logits[w], -np.inf),
+                              kind="stable")[:n_best]
         s, e = top_starts[:, None], top_ends[None, :]
         valid = (in_context[s] & in_context[e] & (e >= s) & (e - s < max_answer_length))
         for i, j in zip(*np.nonzero(valid)):

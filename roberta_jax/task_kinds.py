@@ -2,7 +2,9 @@
 
 A kind reads a split, turns it into model inputs ("features"), batches them to fixed shapes,
 defines the loss on the head's outputs, and turns the outputs of a whole split back into
-predictions, official metrics and prediction files:
+predictions, official metrics and prediction files. Each kind also lays its features out as
+packed rows (`feature_sequences`, `packed_labels`; see data/pack_examples.py), several
+sequences to a row, and its loss takes either layout:
 
     classification   a label (or a score) per sentence or pair         GLUE, local tsv/jsonl
     tokens           a tag per word, on the word's first sub-token     CoNLL-2003 NER
@@ -24,6 +26,7 @@ from roberta_jax import metrics as metric_fns
 from roberta_jax import qa
 from roberta_jax.data import choices as choice_data
 from roberta_jax.data import classification as cls_data
+from roberta_jax.data import pack_examples as pack
 from roberta_jax.data import tokens as token_data
 
 IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
@@ -41,6 +44,10 @@ def _weighted_mean(values, weights):
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+def _slot_weights(placement, rows, slots):
+    return pack.per_slot(np.ones(len(placement.row), np.float32), placement, rows, slots)
+
+
 @dataclasses.dataclass
 class Split:
     """One split of a task, read and encoded."""
@@ -53,6 +60,9 @@ class Split:
 
 class Classification:
     head = "sequence-classification"
+    bucketed = True  # padded batches are as long as their longest row's bucket
+    pools = True        # the head reads one vector per sequence (at segment_starts when packed)
+    per_token = False   # its outputs are one per sequence
 
     def __init__(self, task, config):
         self.task, self.config = task, config
@@ -81,10 +91,23 @@ class Classification:
         yield from cls_data.batches(split.features, split.data.labels, batch_size, pad_id,
                                     buckets, order, drop_last)
 
+    def feature_sequences(self, split: Split, index) -> list[list[int]]:
+        return [split.features[i] for i in index]
+
+    def packed_labels(self, split: Split, index, placement, rows, slots, length) -> dict:
+        out = {"weights": _slot_weights(placement, rows, slots)}
+        if split.data.labels is not None:
+            out["labels"] = pack.per_slot(split.data.labels[index], placement, rows, slots)
+        return out
+
+    def from_sequences(self, split: Split, outputs):
+        return outputs
+
     def loss(self, output, batch):
+        # logits [batch, labels], or [rows, slots, labels] packed; labels and weights alike.
         logits = output.logits.astype(jnp.float32)
         if self.task.regression:
-            per_example = (logits[:, 0] - batch["labels"]) ** 2
+            per_example = (logits[..., 0] - batch["labels"]) ** 2
         else:
             per_example = _cross_entropy(logits, batch["labels"])
         return _weighted_mean(per_example, batch["weights"])
@@ -120,6 +143,9 @@ class _TokenFeatures:
 
 class Tokens:
     head = "token-classification"
+    bucketed = True
+    pools = False
+    per_token = True
 
     def __init__(self, task, config):
         self.task, self.config = task, config
@@ -162,6 +188,19 @@ class Tokens:
         yield from token_data.token_batches(split.features.ids, labels, batch_size, pad_id,
                                             buckets, order, drop_last)
 
+    def feature_sequences(self, split: Split, index) -> list[list[int]]:
+        return [split.features.ids[i] for i in index]
+
+    def packed_labels(self, split: Split, index, placement, rows, slots, length) -> dict:
+        out = {"weights": np.ones(rows, np.float32)}  # padding is unlabelled already
+        if split.data.tags is not None:
+            out["labels"] = pack.per_token([split.features.labels[i] for i in index], placement,
+                                           rows, length, IGNORE)
+        return out
+
+    def from_sequences(self, split: Split, outputs):
+        return outputs
+
     def loss(self, output, batch):
         # The mean over every labelled token in the batch, as transformers computes it.
         labelled = (batch["labels"] != IGNORE) * batch["weights"][:, None]
@@ -196,6 +235,9 @@ class Tokens:
 
 class SpanQA:
     head = "question-answering"
+    bucketed = False  # windows are always max_length long
+    pools = False
+    per_token = True
 
     def __init__(self, task, config):
         self.task, self.config = task, config
@@ -231,9 +273,32 @@ class SpanQA:
                    "start_positions": f.start_positions[rows],
                    "end_positions": f.end_positions[rows], "weights": weights, "index": rows}
 
+    def feature_sequences(self, split: Split, index) -> list[np.ndarray]:
+        f = split.features
+        return [f.input_ids[i, :int(f.attention_mask[i].sum())] for i in index]
+
+    def packed_labels(self, split: Split, index, placement, rows, slots, length) -> dict:
+        # Positions within the row: a window's labels (NO_ANSWER = its <s>) moved to its start.
+        f = split.features
+        return {"start_positions": pack.per_slot(f.start_positions[index] + placement.start,
+                                                 placement, rows, slots),
+                "end_positions": pack.per_slot(f.end_positions[index] + placement.start,
+                                               placement, rows, slots),
+                "weights": _slot_weights(placement, rows, slots)}
+
+    def from_sequences(self, split: Split, outputs):
+        return outputs
+
     def loss(self, output, batch):
-        per_example = (_cross_entropy(output.start_logits, batch["start_positions"])
-                       + _cross_entropy(output.end_logits, batch["end_positions"])) / 2
+        start, end = output.start_logits, output.end_logits
+        if "segment_ids" in batch:
+            # Packed: each window's softmax runs over its own tokens, [rows, slots, length].
+            slots = batch["start_positions"].shape[-1]
+            own = batch["segment_ids"][:, None, :] == jnp.arange(1, slots + 1)[None, :, None]
+            start = jnp.where(own, start[:, None, :].astype(jnp.float32), -1e9)
+            end = jnp.where(own, end[:, None, :].astype(jnp.float32), -1e9)
+        per_example = (_cross_entropy(start, batch["start_positions"])
+                       + _cross_entropy(end, batch["end_positions"])) / 2
         return _weighted_mean(per_example, batch["weights"])
 
     def outputs(self, output):
@@ -268,6 +333,9 @@ class SpanQA:
 
 class Choice:
     head = "multiple-choice"
+    bucketed = True
+    pools = True
+    per_token = False
 
     def __init__(self, task, config):
         self.task, self.config = task, config
@@ -296,8 +364,29 @@ class Choice:
         yield from choice_data.choice_batches(split.features, split.data.labels, batch_size,
                                               pad_id, buckets, order, drop_last)
 
+    def feature_sequences(self, split: Split, index) -> list[list[int]]:
+        # Every choice is a sequence of its own: example e's choice c is number e * C + c.
+        return [ids for i in index for ids in split.features[i]]
+
+    def packed_labels(self, split: Split, index, placement, rows, slots, length) -> dict:
+        # Where each example's choices landed, as indices into the flattened [rows * slots]
+        # scores, so that the loss can line them up [batch, choices] again.
+        choices = len(split.features[index[0]])
+        out = {"choice_slots": (placement.row * slots + placement.slot).reshape(
+                   len(index), choices).astype(np.int32),
+               "weights": np.ones(len(index), np.float32)}
+        if split.data.labels is not None:
+            out["labels"] = split.data.labels[index]
+        return out
+
+    def from_sequences(self, split: Split, outputs):
+        return outputs.reshape(split.size, -1)  # [examples, choices]
+
     def loss(self, output, batch):
-        return _weighted_mean(_cross_entropy(output.logits, batch["labels"]), batch["weights"])
+        scores = output.logits
+        if "choice_slots" in batch:
+            scores = scores.reshape(-1)[batch["choice_slots"]]
+        return _weighted_mean(_cross_entropy(scores, batch["labels"]), batch["weights"])
 
     def outputs(self, output):
         return output.logits.astype(jnp.float32)

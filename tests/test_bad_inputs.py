@@ -164,6 +164,10 @@ CASES = {
         ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
          "--config.task=local", "--config.kind=qa", f"--config.train_file={w}/not_squad.json",
          f"--config.tokenizer={t}"], "not_squad.json"),
+    "finetune: unknown packing": lambda w, d, t: (
+        ["finetune", "--config", str(ROOT / "configs" / "glue.py"), "--workdir", f"{w}/ft",
+         "--config.task=local", f"--config.train_file={w}/train.jsonl",
+         "--config.packing=sometimes"], "packing 'sometimes': use one of auto, on, off"),
     # export
     "export: not a workdir": lambda w, d, t: (
         ["export", "--workdir", f"{w}/full", "--output", f"{w}/o"], "not a pretraining workdir"),

@@ -152,3 +152,24 @@ def test_dropout_drops_at_its_rate_and_rescales_what_it_keeps():
     assert abs(pairs.mean() - 0.01) < 0.002
     assert Dropout(0.1).apply({}, ones, deterministic=True) is ones
     assert not np.asarray(Dropout(1.0).apply({}, ones, deterministic=False)).any()
+
+
+def test_dropout_bits_are_fair_and_independent_across_positions_and_keys():
+    import jax
+    from roberta_jax.model import _hashed_bits
+    words = np.asarray(_hashed_bits(jax.random.key(0), (64, 32), 256))
+    halves = words.view(np.uint16).astype(np.int64).reshape(-1)
+    for byte in (halves >> 8, halves & 255):  # chi-square, 255 degrees of freedom: mean 255
+        counts = np.bincount(byte, minlength=256)
+        expected = halves.size / 256
+        assert ((counts - expected) ** 2 / expected).sum() < 360  # p < 1e-4 if fair
+    drops = (words.view(np.uint16) < 6554).reshape(64, 32, 512)  # rate 0.1
+    for axis in range(3):  # the rate holds along every axis
+        assert np.abs(drops.mean(axis=tuple(a for a in range(3) if a != axis)) - 0.1).max() < 0.03
+    for a, b in ((drops[:, :, 1:-1:2], drops[:, :, 2::2]),    # neighbours in different words
+                 (drops[:, :-1], drops[:, 1:]), (drops[:-1], drops[1:])):  # next row, next batch
+        assert abs((a & b).mean() - 0.01) < 0.002
+    others = [np.asarray(_hashed_bits(key, (64, 32), 256)).view(np.uint16) < 6554
+              for key in (jax.random.key(1), jax.random.fold_in(jax.random.key(0), 1))]
+    for other in others:  # another key, or the next one folded in (as each site's): unrelated
+        assert abs((drops & other.reshape(drops.shape)).mean() - 0.01) < 0.002
