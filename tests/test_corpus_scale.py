@@ -269,3 +269,28 @@ def test_heldout_or_resumed_data_from_another_tokenizer_is_refused(corpus, tmp_p
         rj.data.check_run_data(run, tmp_path / "other")
     for info in (held, resumed):
         assert "\n" not in str(info.value)
+
+
+def test_pretraining_evaluates_with_its_own_masking_and_checks_the_tokenizers(corpus,
+                                                                            tmp_path,
+                                                                            monkeypatch):
+    from roberta_jax import train as train_module
+    from roberta_jax.cli import main
+    root, _, _ = corpus
+    maskings, checked = [], []
+    real = train_module.PretrainingBatches
+    monkeypatch.setattr(train_module, "PretrainingBatches", lambda *a, **k: maskings.append(
+        k["masking"] if "masking" in k else a[8] if len(a) > 8 else "token") or real(*a, **k))
+    real_check = train_module.check_run_data
+    monkeypatch.setattr(train_module, "check_run_data", lambda *a, **k: checked.append(
+        [str(x) for x in a]) or real_check(*a, **k))
+    assert main(["pretrain", "--config", str(ROOT / "configs" / "tiny.py"),
+                 "--workdir", str(tmp_path / "run"), f"--config.data.path={root / 'prepared'}",
+                 f"--config.data.eval_path={root / 'prepared'}", "--config.data.masking=span",
+                 "--config.train.steps=1", "--config.train.batch_size=8",
+                 "--config.train.seq_len=32", "--config.eval.every_steps=1",
+                 "--config.eval.batches=1", "--config.checkpoint.async_save=False"]) == 0
+    assert maskings == ["span", "span"]  # training batches, then held-out batches
+    # Held-out (and later resumed) data is checked against the training data's tokenizer
+    # (what check_run_data refuses is tested above).
+    assert checked == [[str(tmp_path / "run"), str(root / "prepared"), str(root / "prepared")]]
