@@ -426,8 +426,8 @@ def report(args, r, vocab) -> list[str]:
                      f"{x['rss_open_mb']:.1f} / {x['rss_batch_mb']:.1f} | "
                      f"{x['format1_open_s']:.1f} | {x['open_s'] / x['format1_open_s']:.4f} |")
     lines += ["", f"Bucket: opening took {g['open_s']:.2f} s (manifest and block counts); a "
-              "row's tokens are one ranged GET, a shard's block starts and document ends are "
-              "fetched once and kept in a local cache checked against their SHA-256. The "
+              "row's tokens are one ranged GET, a shard's block starts are fetched once and "
+              "kept in a local cache checked against their SHA-256. The "
               f"emulator (a Python server) stalls with more than {EMULATOR_CONCURRENCY} "
               f"requests in flight, so these runs keep {EMULATOR_CONCURRENCY} "
               "(ROBERTA_JAX_RANGE_CONCURRENCY; default 32 for GCS itself): the figures "
@@ -481,8 +481,8 @@ def extrapolate(r, small, big) -> list[str]:
         f"(~{rows_per_s * 64:,.0f}/s for 64 hosts, {host_need * 2 / 1e6:.0f} MB/s per host). "
         "GCS starts a bucket at about 5,000 reads/s and doubles that every 20 minutes under "
         "load, so the first half hour or so would be throttled; each host keeps only the "
-        "block starts and document ends of the shards it touched (under 1% of the token "
-        "bytes) in its local cache, never a copy of the corpus.",
+        "block starts of the shards it touched (under 0.5% of the token bytes) in its "
+        "local cache, never a copy of the corpus.",
     ]
 
 

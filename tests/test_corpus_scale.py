@@ -206,6 +206,7 @@ def test_segment_ids_number_the_documents_of_each_packed_row(corpus, packing):
     root, _, tokenizer = corpus
     batches = PretrainingBatches(root / "prepared", 32, 128, seed=1, packing=packing,
                                  segment_ids=True)
+    shards = batches.corpus.shards
     rows_with_several = 0
     for step in range(3):
         b = batches.batch(step)
@@ -213,15 +214,17 @@ def test_segment_ids_number_the_documents_of_each_packed_row(corpus, packing):
         segments = b["segment_ids"]
         assert np.array_equal(segments == 0, ids == tokenizer.pad_id)
         assert np.all(segments[:, 0] == 1)  # <s> belongs to the first document
-        for row, seg in zip(ids, segments):
-            length = int((seg > 0).sum())
-            # In a prepared stream </s> only ever separates documents: a new document starts
-            # right after each one inside the row.
-            opens = np.flatnonzero(row[1:length - 1] == tokenizer.eos_id) + 2
-            expected = np.ones(length, np.int64)
-            for position in opens:
-                expected[position:] += 1
-            np.testing.assert_array_equal(seg[:length], expected)
+        # Expected from the document ends prepare recorded: a document that ends at offset d
+        # inside the block [start, end) makes the token at d open the next one.
+        for block, seg in zip(b["block"], segments):
+            shard, start, end = (int(x[0]) for x in batches.corpus.blocks(np.array([block])))
+            ends = np.load(root / "prepared" / f"{shards.names[shard]}.documents.npy")
+            expected = np.zeros(128, np.int64)
+            offsets = np.arange(start, end)
+            expected[1:1 + end - start] = 1 + np.searchsorted(ends[ends > start], offsets,
+                                                              side="right")
+            expected[0] = 1
+            np.testing.assert_array_equal(seg, expected)
             rows_with_several += int(seg.max() > 1)
             if packing == "doc-sentences":
                 assert seg.max() == 1

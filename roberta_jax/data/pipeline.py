@@ -107,27 +107,17 @@ class PackedCorpus:
             out[row, 1:1 + len(tokens)] = tokens
         if not segments:
             return out
-        return out, self._segments(shard, start, end)
+        return out, self.segments(out, end - start)
 
-    def _segments(self, shard, start, end) -> np.ndarray:
-        # A document ends at each recorded end d inside the block: the token at offset d opens
-        # the next one. The leading <s> belongs to the first document.
-        rows = len(shard)
-        opens = np.zeros((rows, self.seq_len), np.int32)
-        for s in np.unique(shard):
-            in_shard = np.flatnonzero(shard == s)
-            ends = self.shards.documents(int(s))
-            first = np.searchsorted(ends, start[in_shard], side="right")
-            last = np.searchsorted(ends, end[in_shard] - 1, side="right")
-            counts = last - first
-            if not counts.sum():
-                continue
-            row = np.repeat(in_shard, counts)
-            within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-            offset = ends[np.repeat(first, counts) + within].astype(np.int64)
-            opens[row, 1 + offset - start[row]] = 1
+    def segments(self, rows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Document numbers of packed rows. prepare writes </s> after every document and
+        nowhere else (text is encoded as text, and a tokenizer's stray </s> becomes <unk>), so
+        the token after each </s> opens the next document; the leading <s> belongs to the
+        first."""
+        opens = np.zeros(rows.shape, np.int32)
+        opens[:, 1:] = rows[:, :-1] == self.eos_id
         segments = 1 + np.cumsum(opens, axis=1, dtype=np.int32)
-        segments[np.arange(self.seq_len)[None, :] > (end - start)[:, None]] = 0
+        segments[np.arange(self.seq_len)[None, :] > np.asarray(lengths)[:, None]] = 0
         return segments
 
 

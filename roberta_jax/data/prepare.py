@@ -260,6 +260,9 @@ class _ShardWriter:
         # inside running text (byte-level BPE marks word starts with the space).
         texts = [s if j == 0 else " " + s for doc in documents for j, s in enumerate(doc)]
         flat, lengths = self.tokenizer.encode_corpus_batch(texts)
+        # </s> marks document ends in the stream and nowhere else (segment ids rely on it);
+        # corpus text is encoded as text, so only a tokenizer's own quirk could emit one.
+        flat[flat == self.tokenizer.eos_id] = self.tokenizer.unk_id
         per_doc = np.fromiter(map(len, documents), np.int64, count=len(documents))
         last = np.cumsum(per_doc) - 1                   # each document's last sentence
         doc_of = np.repeat(np.arange(len(documents)), per_doc)

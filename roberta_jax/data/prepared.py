@@ -16,8 +16,9 @@ Layout (format 2):
 Opening one costs the same whatever the corpus size: the manifest and a block index's counts
 (a few numbers per shard). Everything else is read when a row needs it: a row's tokens are one
 ranged read (a local `pread`, or an HTTP range request to the bucket); a shard's block starts
-and document ends (under 1% of its tokens' bytes) are read whole on first use: locally from the
-directory, remotely through a local cache checked against the SHA-256 recorded by `prepare`.
+(under 0.5% of its tokens' bytes) are read whole on first use: locally from the directory,
+remotely through a local cache checked against the SHA-256 recorded by `prepare`. Document and
+sentence ends are read only to build a block index that prepare did not build.
 """
 
 from __future__ import annotations
