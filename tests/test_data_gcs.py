@@ -83,13 +83,13 @@ def test_a_changed_shard_on_the_bucket_is_refused_not_used(local_and_bucket, mon
     monkeypatch.setenv("ROBERTA_JAX_CACHE", str(tmp_path / "fresh_cache"))
     manifest = rj.data.load_manifest(f"{bucket}/prepared")
     name = manifest["shards"][0]["name"]
-    target = fs.as_path(f"{bucket}/prepared/{name}.documents.npy")
+    target = fs.as_path(f"{bucket}/prepared/blocks-63-full-sentences/{name}.npy")
     original = target.read_bytes()
     try:
-        ends = np.load(fs.as_path(f"{local}/prepared/{name}.documents.npy"))
-        target.write_bytes(prepared_format.npy_bytes(ends[:-1]))
-        shards = prepared_format.Shards(f"{bucket}/prepared", manifest)
+        starts = np.load(local / "prepared" / "blocks-63-full-sentences" / f"{name}.npy")
+        target.write_bytes(prepared_format.npy_bytes(starts[:-1]))  # a block lost
+        batches = PretrainingBatches(f"{bucket}/prepared", 8, 64, seed=0)
         with pytest.raises(rj.UserError, match="differ from what prepare recorded"):
-            shards.documents(0)
+            batches.corpus.index.starts(0)
     finally:
         target.write_bytes(original)
