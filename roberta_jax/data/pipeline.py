@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 import weakref
 from typing import Callable, Iterator
 
@@ -219,6 +220,7 @@ class _Ahead:
         self.done: dict[int, tuple[bool, object]] = {}
         self.closed = False
         self.cond = threading.Condition()
+        self.threads: list[threading.Thread] = []
 
     def work(self) -> None:
         while True:
@@ -252,9 +254,18 @@ _LIVE: "weakref.WeakSet[_Ahead]" = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_all() -> None:
-    for ahead in list(_LIVE):
+def _stop_all(timeout: float = 5.0) -> None:
+    """Stop every prefetch thread before the interpreter finalizes. A daemon thread still
+    inside numpy then would be ended by the runtime in the middle of C++ code, which aborts
+    the process ("terminate called without an active exception"). Each finishes the step it
+    is computing (milliseconds); one stuck longer (a hung read) is left behind, not waited on."""
+    deadline = time.monotonic() + timeout
+    aheads = list(_LIVE)
+    for ahead in aheads:
         ahead.close()
+    for ahead in aheads:
+        for thread in ahead.threads:
+            thread.join(max(deadline - time.monotonic(), 0))
 
 
 class Batches:
@@ -267,8 +278,10 @@ class Batches:
         self._ahead = _Ahead(fn, start, stop, max(depth, threads))
         _LIVE.add(self._ahead)
         for i in range(threads):
-            threading.Thread(target=self._ahead.work, name=f"roberta_jax-batches-{i}",
-                             daemon=True).start()
+            thread = threading.Thread(target=self._ahead.work, name=f"roberta_jax-batches-{i}",
+                                      daemon=True)
+            thread.start()
+            self._ahead.threads.append(thread)
 
     def __iter__(self):
         return self

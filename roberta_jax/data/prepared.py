@@ -123,9 +123,16 @@ class Shards:
             chunks = fs.read_ranges(paths, [o + a * size for o, a in zip(offsets, starts)],
                                     [o + b * size for o, b in zip(offsets, ends)])
         else:
-            chunks = [os.pread(self._fd(int(s)), int(b - a) * size,
-                               self.entries[s]["tokens_offset"] + int(a) * size)
-                      for s, a, b in zip(shards, starts, ends)]
+            fds = {}
+            try:
+                for s in np.unique(shards):
+                    fds[int(s)] = self._dup_fd(int(s))
+                chunks = [os.pread(fds[int(s)], int(b - a) * size,
+                                   self.entries[s]["tokens_offset"] + int(a) * size)
+                          for s, a, b in zip(shards, starts, ends)]
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
         out = [np.frombuffer(c, self._dtype) for c in chunks]
         for chunk, a, b, s in zip(out, starts, ends, shards):
             if len(chunk) != b - a:
@@ -133,12 +140,14 @@ class Shards:
                                 "than the manifest says; prepare the corpus again")
         return out
 
-    def _fd(self, shard: int) -> int:
+    def _dup_fd(self, shard: int) -> int:
+        """A duplicate of the shard's cached descriptor (the caller closes it): another thread
+        may close the cached one, and the OS reuse its number, while the caller reads."""
         with self._lock:
             fd = self._files.get(shard)
             if fd is not None:
                 self._files.move_to_end(shard)
-                return fd
+                return os.dup(fd)
             path = os.fspath(self.dir / array_file(self.names[shard], "tokens"))
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -148,7 +157,7 @@ class Shards:
             self._files[shard] = fd
             while len(self._files) > self._max_files:
                 os.close(self._files.popitem(last=False)[1])
-            return fd
+            return os.dup(fd)
 
     def close(self) -> None:
         with self._lock:
