@@ -16,6 +16,7 @@ the consumer (numpy releases the GIL in its heavy loops); they never keep a proc
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import threading
 import time
@@ -354,7 +355,6 @@ def check_run_data(workdir, data_path, eval_path=None, *, record: bool = True) -
                             f"--tokenizer {fs.as_str(data_path)}/{TOKENIZER_DIR}")
     recorded = fs.as_path(workdir) / RUN_DATA
     if recorded.is_file():
-        import json
         before = json.loads(recorded.read_text(encoding="utf-8"))
         if before["fingerprint"] != train:
             raise UserError(f"{fs.as_str(data_path)}: was prepared with another tokenizer "

@@ -81,12 +81,15 @@ def load_manifest(prepared_dir: str | os.PathLike) -> dict:
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable ({e}); prepare the corpus again") from None
     if manifest.get("format") != FORMAT_VERSION:
-        sources = " ".join(manifest.get("sources", [])) or "YOUR_CORPUS"
+        sources = manifest.get("sources") or ["YOUR_CORPUS"]
+        inputs = " ".join(sources[:3]) + (" ..." if len(sources) > 3 else "")
+        text_format = " --format paragraphs" if manifest.get("doc_format") == "paragraphs" \
+            else ""
         raise UserError(
             f"{fs.as_str(prepared_dir)}: prepared in format {manifest.get('format')!r}, which "
             f"this version no longer reads ({FORMAT_VERSION}); prepare it again: roberta-jax "
-            f"prepare --input {sources} --tokenizer {fs.as_str(prepared_dir)}/{TOKENIZER_DIR} "
-            f"--output NEW_DIR")
+            f"prepare --input {inputs}{text_format} --tokenizer "
+            f"{fs.as_str(prepared_dir)}/{TOKENIZER_DIR} --output NEW_DIR")
     return manifest
 
 
