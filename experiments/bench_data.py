@@ -28,6 +28,7 @@ BENCHMARKS.md.
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import platform
@@ -471,18 +472,22 @@ def extrapolate(r, small, big) -> list[str]:
         f"{small['shards']}- and {big['shards']}-shard corpora above); format 1 would "
         f"have spent ~{format1_40b / 60:,.0f} minutes packing at every start and restart.",
         f"- prepare: {tokens / spm / 3600:,.1f} core-hours with sentencepiece "
-        f"({tokens / bpe / 3600:,.1f} with byte-level BPE); on one 96-core host "
-        f"{tokens / spm / 96 / 60:,.0f} minutes ({tokens / bpe / 96 / 60:,.0f}), reading "
-        "~160 GB of text.",
+        f"({tokens / bpe / 3600:,.1f} with byte-level BPE): on one 96-core host "
+        f"{tokens / spm / 96 / 60:,.0f} minutes with sentencepiece and "
+        f"{tokens / bpe / 96 / 60:,.0f} with BPE, if it can read the ~160 GB of text at "
+        f"{160e3 / (tokens / spm / 96):,.0f} MB/s (else reading sets the pace).",
         f"- Batches: roberta-base at 50% MFU on a v5p host (4 chips) eats "
         f"~{host_need / 1e6:.1f}M tokens/s; at {per_core / 1e6:.2f}M tokens/s per core that "
         f"is {host_need / per_core:.1f} cores of the host's CPUs.",
         f"- From a bucket: {rows_per_s:,.0f} rows/s per host, one ranged GET each "
-        f"(~{rows_per_s * 64:,.0f}/s for 64 hosts, {host_need * 2 / 1e6:.0f} MB/s per host). "
-        "GCS starts a bucket at about 5,000 reads/s and doubles that every 20 minutes under "
-        "load, so the first half hour or so would be throttled; each host keeps only the "
-        "block starts of the shards it touched (under 0.5% of the token bytes) in its "
-        "local cache, never a copy of the corpus.",
+        f"(~{rows_per_s * 64:,.0f}/s for 64 hosts, {host_need * 2 / 1e6:.0f} MB/s per host); "
+        "each host keeps only the block starts of the shards it touched (under 0.5% of the "
+        "token bytes) in its local cache, never a copy of the corpus. GCS gives a new "
+        "bucket about 5,000 reads/s and raises that as load persists (its guidance: doubling "
+        f"about every 20 minutes): ~{20 * math.log2(max(rows_per_s * 64 / 5000, 1)):.0f} "
+        "minutes to reach this rate, during which steps wait on input. A pod that must run "
+        "at full speed from the first step reads the prepared directory from a disk every "
+        "host sees locally instead (the same code path: local `pread`s).",
     ]
 
 

@@ -305,3 +305,25 @@ def test_pretraining_evaluates_with_its_own_masking_and_checks_the_tokenizers(co
     # Held-out (and later resumed) data is checked against the training data's tokenizer
     # (what check_run_data refuses is tested above).
     assert checked == [[str(tmp_path / "run"), str(root / "prepared"), str(root / "prepared")]]
+
+
+def test_prepare_with_workers_after_jax_started_spawns_and_matches(corpus, tmp_path):
+    """In a session where JAX's runtime is up (a notebook that already trained), forking its
+    threads can deadlock the workers: prepare spawns them, and they load the saved tokenizer."""
+    root, _, _ = corpus
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        jax.devices()
+        from roberta_jax.data import prepare
+        from roberta_jax.data.corpus import process_context
+        assert process_context().get_start_method() == "spawn"
+        prepare([{str(root / "paragraphs.txt")!r}], {str(root / "spm")!r},
+                {str(tmp_path / "p")!r}, doc_format="paragraphs", workers=2,
+                unit_bytes=40_000, seq_lens=(512,), progress=False)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300, cwd=ROOT)
+    spawned = rj.data.load_manifest(tmp_path / "p")["shards"]
+    reference = rj.data.load_manifest(root / "prepared")["shards"]
+    joined = [np.concatenate([np.load(d / f"{s['name']}.tokens.npy") for s in shards])
+              for d, shards in ((tmp_path / "p", spawned), (root / "prepared", reference))]
+    np.testing.assert_array_equal(*joined)

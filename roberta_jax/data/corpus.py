@@ -56,6 +56,17 @@ class ReadStats:
             self.examples.append(where)
 
 
+def process_context():
+    """How to start worker processes: fork (they inherit what is loaded, at no cost) unless
+    JAX has started its runtime in this process (a library user's session): forking its
+    threads can deadlock the children, so then spawn."""
+    import multiprocessing
+    import sys
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    started = bridge is not None and bool(getattr(bridge, "_backends", None))
+    return multiprocessing.get_context("spawn" if started else "fork")
+
+
 def not_utf8_message(path: str, where: str) -> str:
     return (f"{path}: not UTF-8 text ({where}); it may be Latin-1 or another legacy encoding: "
             f"convert it first, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8")

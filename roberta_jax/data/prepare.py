@@ -20,7 +20,14 @@ import time
 import numpy as np
 
 from roberta_jax import fs
-from roberta_jax.data.corpus import ReadStats, Unit, list_units, not_utf8_message, read_unit
+from roberta_jax.data.corpus import (
+    ReadStats,
+    Unit,
+    list_units,
+    not_utf8_message,
+    process_context,
+    read_unit,
+)
 from roberta_jax.data.packing import INDEXED, block_starts
 from roberta_jax.data.prepared import (
     FORMAT_VERSION,
@@ -161,10 +168,13 @@ def _run_units(units, todo, tokenizer, context, workers, progress) -> int:
         finally:
             bar.close()
         return tokens
-    # Forked workers inherit the loaded tokenizer; they report progress through a queue.
-    mp = multiprocessing.get_context("fork")
+    # Forked workers inherit the loaded tokenizer, spawned ones load the copy prepare saved;
+    # they report progress through a queue.
+    mp = process_context()
     updates = mp.Queue()
-    pool = mp.Pool(workers, _worker_init, (context, tokenizer, updates))
+    shared = tokenizer if mp.get_start_method() == "fork" else \
+        fs.as_str(fs.as_path(context["output"]) / TOKENIZER_DIR)
+    pool = mp.Pool(workers, _worker_init, (context, shared, updates))
     try:
         results = pool.imap_unordered(_prepare_unit, jobs)
         finished = 0
@@ -198,7 +208,9 @@ def _run_units(units, todo, tokenizer, context, workers, progress) -> int:
 _STATE: dict = {}
 
 
-def _worker_init(context: dict, tokenizer: Tokenizer, report) -> None:
+def _worker_init(context: dict, tokenizer: Tokenizer | str, report) -> None:
+    if isinstance(tokenizer, str):
+        tokenizer = load_tokenizer(tokenizer)
     if context["parallel"]:
         # One process per core already: the tokenizers' own thread pools would oversubscribe.
         os.environ["TOKENIZERS_PARALLELISM"] = "false"

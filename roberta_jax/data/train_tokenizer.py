@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import multiprocessing
 import os
 import pathlib
 import random
@@ -22,7 +21,13 @@ import re
 import tempfile
 
 from roberta_jax import fs
-from roberta_jax.data.corpus import ReadStats, list_units, not_utf8_message, read_unit
+from roberta_jax.data.corpus import (
+    ReadStats,
+    list_units,
+    not_utf8_message,
+    process_context,
+    read_unit,
+)
 from roberta_jax.data.tokenizer import (
     BOS,
     EOS,
@@ -115,7 +120,7 @@ def sample_sentences(inputs: list[str], max_sentences: int, *, doc_format: str =
     if workers == 1:
         results = list(map(_sample_unit, jobs))
     else:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with process_context().Pool(workers) as pool:
             results = pool.map(_sample_unit, jobs, chunksize=1)
     kept = heapq.nsmallest(max_sentences, (item for r in results for item in r[0]))
     stats = [r[1] for r in results]
