@@ -24,24 +24,31 @@ def _train_tokenizer(args) -> None:
     train_tokenizer(args.input, args.vocab_size, args.output, kind=args.type,
                     doc_format=args.format, text_field=args.text_field,
                     max_sentences=args.max_sentences, spm_model_type=args.spm_model_type,
-                    character_coverage=args.character_coverage, byte_fallback=args.byte_fallback)
+                    character_coverage=args.character_coverage, byte_fallback=args.byte_fallback,
+                    tfds_data_dir=args.tfds_data_dir, tfds_split=args.tfds_split,
+                    max_chars=args.max_sentence_chars, seed=args.seed, workers=args.workers)
 
 
 def _prepare(args) -> None:
     from roberta_jax.data.prepare import prepare
     prepare(args.input, args.tokenizer, args.output, doc_format=args.format,
             text_field=args.text_field, tfds_data_dir=args.tfds_data_dir,
-            tfds_split=args.tfds_split, workers=args.workers)
+            tfds_split=args.tfds_split, workers=args.workers, seq_lens=tuple(args.seq_len),
+            shard_tokens=args.shard_tokens)
 
 
 def _add_input_flags(p) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
-                   help="text, .jsonl or .gz files, globs, or tfds:NAME (e.g. "
+                   help="text, .jsonl or .gz files, globs, local or gs:// "
+                   "('gs://bucket/corpus/*.jsonl.gz'), or tfds:NAME (e.g. "
                    "tfds:wikipedia/20230601.en)")
     p.add_argument("--format", choices=("lines", "paragraphs"), default="lines",
                    help="text files: one document per line, or documents separated by blank "
                    "lines (default: lines)")
     p.add_argument("--text-field", default="text", help="jsonl / tfds field holding the text")
+    p.add_argument("--tfds-data-dir", help="data_dir of prepared tfds datasets")
+    p.add_argument("--tfds-split", default="train")
+    p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
 
 def _pretrain(args) -> None:
@@ -164,10 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_flags(p)
     p.add_argument("--vocab-size", type=int, required=True,
                    help="ids in all, specials and <mask> included")
-    p.add_argument("--output", required=True, help="new directory for the tokenizer files")
+    p.add_argument("--output", required=True,
+                   help="new directory for the tokenizer files (local or gs://)")
     p.add_argument("--type", choices=("sentencepiece", "bpe"), default="sentencepiece")
     p.add_argument("--max-sentences", type=int, default=5_000_000,
-                   help="train on at most this many sentences (the first ones)")
+                   help="train on at most this many sentences, drawn uniformly from the whole "
+                   "input (default: 5,000,000)")
+    p.add_argument("--max-sentence-chars", type=int, default=2000,
+                   help="text is cut into sentences, and longer sentences into chunks of at "
+                   "most this many characters (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample")
     p.add_argument("--spm-model-type", choices=("unigram", "bpe"), default="unigram")
     p.add_argument("--character-coverage", type=float, default=0.9995)
     p.add_argument("--byte-fallback", action="store_true",
@@ -179,10 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True,
                    help="sentencepiece .model, or a directory with vocab.json + merges.txt, "
                    "tokenizer.json or sentencepiece.bpe.model")
-    p.add_argument("--output", required=True, help="directory for the shards (re-run to resume)")
-    p.add_argument("--tfds-data-dir", help="data_dir of prepared tfds datasets")
-    p.add_argument("--tfds-split", default="train")
-    p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument("--output", required=True,
+                   help="directory for the shards, local or gs:// (re-run to resume)")
+    p.add_argument("--seq-len", type=int, nargs="+", default=[512], metavar="N",
+                   help="sequence lengths to index blocks for up front (default: 512); other "
+                   "lengths are indexed on first use. Re-run with more to add them")
+    p.add_argument("--shard-tokens", type=int, default=1 << 24,
+                   help="tokens per output shard, about (default: 16777216)")
     p.set_defaults(run=_prepare)
 
     p = commands.add_parser(

@@ -2,6 +2,8 @@
 
 
 class _NoBar:
+    n = 0
+
     def update(self, n=1):
         pass
 
@@ -12,8 +14,11 @@ class _NoBar:
         pass
 
 
-def progress_bar(total: int, initial: int, unit: str, desc: str, enabled: bool = True):
+def progress_bar(total: int, initial: int, unit: str, desc: str, enabled: bool = True,
+                 **options):
+    """`options` go to tqdm (e.g. unit_scale=True for bytes)."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True,
+                **options)

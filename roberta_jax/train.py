@@ -27,7 +27,7 @@ import optax
 from roberta_jax import sharding as shd
 from roberta_jax.checkpoint import Checkpointer, abstract_like, git_revision
 from roberta_jax.config import RobertaConfig
-from roberta_jax.data.pipeline import PretrainingBatches, check_compatible
+from roberta_jax.data.pipeline import PretrainingBatches, check_compatible, check_run_data
 from roberta_jax.errors import UserError
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
@@ -382,11 +382,13 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
 
     writer = _MetricsWriter(workdir, enabled=is_main)
     eval_batches = None
+    check_run_data(workdir, config.data.path, config.data.eval_path, record=is_main)
     if config.data.eval_path:
         eval_batches = PretrainingBatches(
             config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
             mask_prob=config.data.mask_prob, packing=config.data.packing,
-            process_index=jax.process_index(), process_count=jax.process_count())
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            masking=config.data.masking)
 
     def evaluate(params, step):
         sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}

@@ -91,7 +91,7 @@ CASES = {
         "empty corpus"),
     "train-tokenizer: not UTF-8": lambda w, d, t: (
         ["train-tokenizer", "--input", f"{w}/latin1.txt", "--vocab-size", "50", "--output",
-         f"{w}/o"], "empty corpus"),
+         f"{w}/o"], "latin1.txt: not UTF-8"),
     "train-tokenizer: binary file": lambda w, d, t: (
         ["train-tokenizer", "--input", f"{w}/binary.bin", "--vocab-size", "50", "--output",
          f"{w}/o"], "binary"),

@@ -130,7 +130,9 @@ DATA_CASES = {
                                   "{tmp}/text.txt", "--output", "{tmp}/out"], "not a tokenizer"),
     "train-tokenizer: non-UTF-8 only": (["train-tokenizer", "--input", "{tmp}/latin1.txt",
                                          "--vocab-size", "100", "--output", "{tmp}/out"],
-                                        "empty corpus"),
+                                        "latin1.txt: not UTF-8"),
+    "prepare: non-UTF-8 only": (["prepare", "--input", "{tmp}/latin1.txt", "--tokenizer",
+                                 "{tmp}/tok", "--output", "{tmp}/out"], "latin1.txt: not UTF-8"),
 }
 
 

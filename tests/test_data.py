@@ -45,8 +45,8 @@ def prepared(corpus):
 def test_prepare_keeps_every_document_and_token(corpus, prepared):
     root, docs, tokenizer = corpus
     manifest = rj.data.load_manifest(prepared)
-    tokens = np.load(prepared / "shard-00000.tokens.npy")
-    ends = np.load(prepared / "shard-00000.documents.npy")
+    tokens = np.load(prepared / "shard-00000.000.tokens.npy")
+    ends = np.load(prepared / "shard-00000.000.documents.npy")
     assert manifest["totals"]["documents"] == len(docs) == len(ends)
     # Document 3, read back: its sentences' tokens, then the separator.
     start = ends[2]
@@ -64,20 +64,20 @@ def test_prepare_in_parallel_units_gives_the_same_tokens(corpus, prepared, tmp_p
     assert len(manifest["shards"]) > 3
     joined = np.concatenate([np.load(tmp_path / "p" / f"{s['name']}.tokens.npy")
                              for s in manifest["shards"]])
-    np.testing.assert_array_equal(joined, np.load(prepared / "shard-00000.tokens.npy"))
+    np.testing.assert_array_equal(joined, np.load(prepared / "shard-00000.000.tokens.npy"))
 
 
 def test_prepare_resumes_without_redoing_finished_shards(corpus, tmp_path, capsys):
     root, _, _ = corpus
     args = ([str(root / "lines.txt")], str(root / "spm"), str(tmp_path / "p"))
     prepare(*args, workers=1, unit_bytes=4096, progress=False)
-    shard_file = tmp_path / "p" / "shard-00001.tokens.npy"
-    (tmp_path / "p" / "shard-00002.json").unlink()  # as if killed while writing shard 2
+    shard_file = tmp_path / "p" / "shard-00001.000.tokens.npy"
+    (tmp_path / "p" / "unit-00002.json").unlink()  # as if killed while writing unit 2
     before = shard_file.stat().st_mtime_ns
     prepare(*args, workers=1, unit_bytes=4096, progress=False)
     assert "resuming" in capsys.readouterr().out
     assert shard_file.stat().st_mtime_ns == before
-    assert (tmp_path / "p" / "shard-00002.json").is_file()
+    assert (tmp_path / "p" / "unit-00002.json").is_file()
 
 
 def test_prepare_reads_jsonl_gzip_and_globs(corpus, tmp_path):
@@ -152,9 +152,9 @@ def test_every_token_is_seen_exactly_once_per_epoch_with_full_sentences(prepared
     seen = np.concatenate([batches.batch(s)["block"] for s in range(steps)])[:n]
     assert sorted(seen) == list(range(n))
     # And the blocks' contents are the whole corpus: every token once, in some order.
-    tokens = np.load(prepared / "shard-00000.tokens.npy")
-    lengths = batches.corpus.block_end - batches.corpus.block_start
-    assert lengths.sum() == len(tokens)
+    tokens = np.load(prepared / "shard-00000.000.tokens.npy")
+    _, starts, ends = batches.corpus.blocks(np.arange(n))
+    assert (ends - starts).sum() == len(tokens)
 
 
 # ------------------------------------------------------------------------------------ masking

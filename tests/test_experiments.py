@@ -36,3 +36,16 @@ def test_gpu_bench_script_runs_its_sweep_on_a_tiny_shape(tmp_path):
     assert len(table) == 5  # every attention x remat x layer-loop setting ran
     assert "Best: attention" in out.stdout
     assert (ROOT / "BENCHMARKS.md").read_text() == before  # a smoke run writes nothing
+
+
+def test_bench_data_runs_every_measurement_on_a_tiny_corpus():
+    before = (ROOT / "BENCHMARKS.md").read_text()
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_data.py"), "--smoke"],
+                         capture_output=True, text=True, timeout=900,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    for heading in ("### Tokenizer training on one document per line", "tokens/s per core",
+                    "### Start-up at seq_len 512", "from a bucket",
+                    "### Extrapolation: RoBERTa's 40B tokens on 64 hosts"):
+        assert heading in out.stdout, heading
+    assert (ROOT / "BENCHMARKS.md").read_text() == before  # a smoke run writes nothing

@@ -3,6 +3,7 @@
 from roberta_jax.data.pipeline import (
                                        PretrainingBatches,
                                        check_compatible,
+                                       check_run_data,
                                        keyed_permutation,
                                        pretraining_batches,
 )
@@ -10,6 +11,6 @@ from roberta_jax.data.prepare import load_manifest, prepare
 from roberta_jax.data.tokenizer import Tokenizer, load_tokenizer, pad_batch
 from roberta_jax.data.train_tokenizer import train_tokenizer
 
-__all__ = ["PretrainingBatches", "Tokenizer", "check_compatible", "keyed_permutation",
-           "load_manifest", "load_tokenizer", "pad_batch", "prepare", "pretraining_batches",
-           "train_tokenizer"]
+__all__ = ["PretrainingBatches", "Tokenizer", "check_compatible", "check_run_data",
+           "keyed_permutation", "load_manifest", "load_tokenizer", "pad_batch", "prepare",
+           "pretraining_batches", "train_tokenizer"]

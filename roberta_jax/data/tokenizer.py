@@ -8,14 +8,16 @@ and are checked against that layout where the files say otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
 import re
-import shutil
+import tempfile
 
 import numpy as np
 
+from roberta_jax import fs
 from roberta_jax.errors import UserError
 
 BOS, PAD, EOS, UNK, MASK = "<s>", "<pad>", "</s>", "<unk>", "<mask>"
@@ -41,6 +43,22 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_corpus_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Corpus text -> (ids of all texts concatenated, int64; ids per text). Special-token
+        spellings in the text (`</s>`, `<mask>`) are ordinary text here, as fairseq treats
+        them when it binarises a corpus: a document cannot forge a separator or a mask."""
+        lists = self._encode_plain(texts)
+        lengths = np.fromiter(map(len, lists), np.int64, count=len(lists))
+        flat = np.fromiter(itertools.chain.from_iterable(lists), np.int64,
+                           count=int(lengths.sum()))
+        return self._plain_to_ids(flat), lengths
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _plain_to_ids(self, flat: np.ndarray) -> np.ndarray:
+        return flat
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Ids of `text` and, per id, the (start, end) characters of `text` it stands for, with
         surrounding white space left out (extractive QA maps answer spans through these)."""
@@ -50,7 +68,19 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write the files that `load_tokenizer` (and `transformers`) read back."""
+        """Write the files that `load_tokenizer` (and `transformers`) read back; `directory`
+        may be on object storage (`gs://...`)."""
+        if not fs.is_remote(directory):
+            self._save_local(pathlib.Path(fs.as_path(directory)))
+            return
+        with tempfile.TemporaryDirectory() as staging:
+            self._save_local(pathlib.Path(staging))
+            target = fs.as_path(directory)
+            target.mkdir(parents=True, exist_ok=True)
+            for f in sorted(pathlib.Path(staging).iterdir()):
+                (target / f.name).write_bytes(f.read_bytes())
+
+    def _save_local(self, directory: pathlib.Path) -> None:
         raise NotImplementedError
 
     @property
@@ -182,6 +212,14 @@ class ByteLevelBPETokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        fast = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)  # no offsets
+        self._tok.encode_special_tokens = True
+        try:
+            return [e.ids for e in fast(texts, add_special_tokens=False)]
+        finally:
+            self._tok.encode_special_tokens = False
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         encoding = self._tok.encode(text, add_special_tokens=False)
         return encoding.ids, [_trim(text, start, end) for start, end in encoding.offsets]
@@ -192,8 +230,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(i)
 
-    def save(self, directory) -> None:
-        directory = pathlib.Path(directory)
+    def _save_local(self, directory: pathlib.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         vocab = self._tok.get_vocab(with_added_tokens=True)
         (directory / "vocab.json").write_text(
@@ -244,12 +281,16 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, model_file):
         import sentencepiece
-        self._file = pathlib.Path(model_file)
+        try:
+            self._proto = pathlib.Path(model_file).read_bytes()
+        except OSError as e:
+            raise UserError(f"{model_file}: cannot read ({e.strerror})") from None
         self._sp = sentencepiece.SentencePieceProcessor()
         try:
-            self._sp.Load(str(model_file))
+            self._sp.LoadFromSerializedProto(self._proto)
         except (OSError, RuntimeError) as e:
             raise UserError(f"{model_file}: not a sentencepiece model ({e})") from None
+        self.threads = -1  # sentencepiece's batch encoding threads (-1: all cores)
         self.bos_id, self.pad_id, self.eos_id, self.unk_id = 0, 1, 2, 3
         # fairseq reserves ids 0-3 for <s> <pad> </s> <unk> and shifts every other piece by one.
         self._offset = 1
@@ -271,6 +312,16 @@ class SentencePieceTokenizer(Tokenizer):
             elif segment:
                 ids += [self._to_fairseq(p) for p in self._sp.EncodeAsIds(segment)]
         return ids
+
+    def _encode_plain(self, texts: list[str]) -> list[list[int]]:
+        return self._sp.Encode(texts, out_type=int, num_threads=self.threads)
+
+    def _plain_to_ids(self, flat: np.ndarray) -> np.ndarray:
+        table = np.arange(self._sp.GetPieceSize(), dtype=np.int64) + self._offset
+        for piece, i in self._sp_specials.items():
+            if piece >= 0:
+                table[piece] = i
+        return table[flat]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         ids, offsets, position = [], [], 0
@@ -312,11 +363,11 @@ class SentencePieceTokenizer(Tokenizer):
                  self.mask_id: MASK}
         return names.get(i) or self._sp.IdToPiece(i - self._offset)
 
-    def save(self, directory) -> None:
-        directory = pathlib.Path(directory)
+    def _save_local(self, directory: pathlib.Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        if (directory / SPM_FILE).resolve() != self._file.resolve():
-            shutil.copyfile(self._file, directory / SPM_FILE)
+        target = directory / SPM_FILE
+        if not target.is_file() or target.read_bytes() != self._proto:
+            target.write_bytes(self._proto)
         _write_tokenizer_config(directory, "XLMRobertaTokenizer")
 
 
@@ -336,8 +387,11 @@ def _write_tokenizer_config(directory: pathlib.Path, tokenizer_class: str) -> No
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A sentencepiece `.model` file, or a directory with `sentencepiece.bpe.model`,
-    `tokenizer.json`, or `vocab.json` + `merges.txt` (tried in that order)."""
-    path = pathlib.Path(path)
+    `tokenizer.json`, or `vocab.json` + `merges.txt` (tried in that order); local or on object
+    storage (`gs://...`)."""
+    if fs.is_remote(path):
+        return _load_remote(fs.as_str(path))
+    path = pathlib.Path(fs.as_path(path))
     if not path.exists():
         raise UserError(f"{path}: no such tokenizer file or directory")
     if path.is_file():
@@ -356,3 +410,29 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         return ByteLevelBPETokenizer.from_files(path / "vocab.json", path / "merges.txt")
     raise UserError(f"{path}: no tokenizer files in this directory (looked for {SPM_FILE}, "
                     "tokenizer.json, vocab.json + merges.txt)")
+
+
+_TOKENIZER_FILES = (SPM_FILE, "tokenizer.json", "vocab.json", "merges.txt",
+                    "tokenizer_config.json")
+
+
+def _load_remote(path: str) -> Tokenizer:
+    """Copy the tokenizer's files (a few MB at most) to a temporary folder and load them."""
+    remote = fs.as_path(path)
+    try:
+        if remote.is_file():
+            files = [remote]
+        elif remote.is_dir():
+            files = [remote / name for name in _TOKENIZER_FILES if (remote / name).is_file()]
+        else:
+            raise UserError(f"{path}: no such tokenizer file or directory")
+        with tempfile.TemporaryDirectory() as local:
+            for f in files:
+                (pathlib.Path(local) / f.name).write_bytes(f.read_bytes())
+            target = pathlib.Path(local) / remote.name if remote.is_file() else local
+            try:
+                return load_tokenizer(target)
+            except UserError as e:
+                raise UserError(str(e).replace(str(local), path)) from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the tokenizer ({e})") from None
