@@ -12,16 +12,18 @@ What comes out depends on the model's head:
 
 Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects or plain text
 (a plain line is the text; for token classification it is split into words at white space).
+The model, the input file and the output file may be local or on object storage (gs://).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import pathlib
 import sys
 
 import numpy as np
 
+from roberta_jax import fs
 from roberta_jax.data.classification import bucket_length, read_rows
 from roberta_jax.data.tokenizer import load_tokenizer, pad_batch
 from roberta_jax.errors import UserError
@@ -32,7 +34,7 @@ BUCKETS = (32, 64, 128, 256, 512)
 def read_inputs(path: str | None) -> list[dict]:
     """Records of a jsonl / tsv / csv file, or of stdin's lines (JSON objects or plain text)."""
     if path is not None:
-        return read_rows(pathlib.Path(path))
+        return read_rows(fs.as_path(path))
     records = []
     for line in sys.stdin:
         if not line.strip():
@@ -53,10 +55,20 @@ def _field(record: dict, name: str, number: int):
 
 def predict(model_dir: str, records: list[dict], text_field: str = "text",
             pair_field: str | None = None, batch_size: int = 32, top_k: int = 5,
-            allow_no_answer: bool = False, out=sys.stdout) -> None:
+            allow_no_answer: bool = False, out=sys.stdout, output: str | None = None) -> None:
+    """One JSON line per record, to `out`, or to the file `output` (written once complete)."""
+    if output is not None:
+        lines = io.StringIO()
+        predict(model_dir, records, text_field, pair_field, batch_size, top_k, allow_no_answer,
+                out=lines)
+        target = fs.as_path(output)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(lines.getvalue(), encoding="utf-8")
+        return
     import jax
+    from roberta_jax.convert.hf import TOKENIZER_FILES
     from roberta_jax.pretrained import from_pretrained, task_of
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(fs.local_copy(model_dir, TOKENIZER_FILES))
     model, params = from_pretrained(model_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"{model_dir}: the tokenizer has {tokenizer.vocab_size} ids but the "
