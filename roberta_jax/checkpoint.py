@@ -110,6 +110,9 @@ class Checkpointer:
                 target = aside / f"{step}-{int(time.time())}"
                 fs.move(self.directory / str(step), target)
                 log.warning("moved damaged checkpoint %d to %s", step, target)
+        if jax.process_count() > 1:   # every process lists the checkpoints after the move
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("roberta_jax:damaged_checkpoints_moved")
         self.manager.reload()
 
     def wait(self) -> None:

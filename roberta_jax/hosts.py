@@ -18,6 +18,7 @@ which a resumed run never reaches. Its SIGTERM handler is switched off here (our
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
 import json
@@ -54,6 +55,10 @@ def initialize(dist) -> None:
                                    dist.process_id)
     elif _in_multihost_cluster():
         jax.distributed.initialize()
+    if jax.distributed.is_initialized():
+        # Leave the coordination service in order at exit; left to the interpreter's teardown,
+        # the processes wait tens of seconds on each other.
+        atexit.register(jax.distributed.shutdown)
     if jax.process_count() > 1:
         # Meet once right away, while every process is at the same point: the collectives'
         # context is set up here rather than mid-setup, where one slow host (busy compiling or
@@ -186,12 +191,15 @@ def flat(tree: dict, prefix: str = "") -> dict:
 class Preemption:
     """SIGTERM or Ctrl-C asks every process to save and stop at the same step.
 
-    One process: the loop stops at its next step; a second Ctrl-C stops at once. Several: each
-    process's request is all-reduced every `every` steps (one tiny collective; the same steps on
-    every process, so each reads the same answer), and a second Ctrl-C waits for that step too:
-    a process must never leave the collective loop alone. Use as a context: the handlers are
-    installed on entry (so a notice during start-up is kept for the first check) and the
-    previous ones restored on exit.
+    One process: the loop stops at its next step. Several: each process's request is
+    all-reduced every `every` steps (one tiny collective, at the same steps on every process,
+    so each reads the same answer): a preemption notice never makes a process leave the
+    collective loop alone. A notice during start-up is kept for the loop's first check (on one
+    process, Ctrl-C during start-up stops at once: nothing is trained yet). A second Ctrl-C,
+    or a second signal during start-up, stops this process at once.
+
+    Use as a context: the handlers are installed on entry and the previous ones restored on
+    exit. `started(process_count)` says the processes are known (after jax.distributed).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -200,6 +208,8 @@ class Preemption:
         self.every = max(1, int(every))
         self.requested: int | None = None    # the signal this process received
         self.reason = ""
+        self._processes: int | None = None   # unknown until jax.distributed is set up
+        self._looping = False
         self._previous: dict = {}
 
     def __enter__(self) -> "Preemption":
@@ -213,15 +223,25 @@ class Preemption:
         self._previous = {}
         return False
 
+    def started(self, process_count: int) -> None:
+        self._processes = process_count
+
     def _handle(self, signum, frame):
-        if self.requested == signal.SIGINT == signum and jax.process_count() == 1:
+        # No jax calls here: before jax.distributed.initialize they would start the backend.
+        again = self.requested is not None
+        alone_starting = self._processes == 1 and not self._looping
+        if (again and (signum == signal.SIGINT or not self._looping)) or \
+                (signum == signal.SIGINT and alone_starting):
             raise KeyboardInterrupt
-        if self.requested is None:
+        if not again:
             self.requested = signum
 
     def should_stop(self, step: int) -> bool:
         """Whether to save and stop before running `step`: the same answer on every process."""
-        if jax.process_count() == 1:
+        self._looping = True
+        if self._processes is None:
+            self._processes = jax.process_count()
+        if self._processes == 1:
             signals = [self.requested or 0]
         elif step % self.every:
             return False

@@ -319,6 +319,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
 def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after) -> dict:
     # ---------------------------------------------------------------- processes and mesh
     hosts.initialize(config.distributed)
+    preemption.started(jax.process_count())
     workdir = fs.as_path(workdir)
     config = resolve_paths(config)
     is_main = jax.process_index() == 0

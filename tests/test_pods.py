@@ -74,25 +74,30 @@ def _saving_line(log: str) -> str:
     return next(line for line in log.splitlines() if "saving step" in line)
 
 
-def test_sigterm_to_one_process_then_to_both_stops_every_process_at_one_step(
+def test_preemption_stops_every_process_at_one_step_and_runs_resume_on_any_process_count(
         prepared_corpus, tmp_path, jobs, reference):
     prepared = prepared_corpus[0]
     workdir = tmp_path / "w"
-    # SIGTERM to process 1 only: both save the same step and exit 0.
+    # One process with 4 devices saves step 3 ...
+    pretrain(config_for(prepared), workdir, devices=jax.devices()[:4], stop_after=3)
+
+    # ... 2 processes x 2 devices resume it. SIGTERM to process 1 only: both save the same
+    # step and exit 0.
     one = jobs(workdir, prepared, tmp_path / "logs1")
-    wait_for_step(workdir, 3, one)
+    wait_for_step(workdir, 6, one)
     sent = time.monotonic()
     one.signal(1)
     assert one.wait() == [0, 0], one.tails()
     seconds = time.monotonic() - sent
-    first = [_saving_line(one.log(i)) for i in range(2)]
-    assert first[0].split("WARNING: ", 1)[1] == first[1].split("WARNING: ", 1)[1]
-    assert "preemption notice (SIGTERM) on process 1: saving step" in first[0]
-    step = int(first[0].split("saving step ")[1].split()[0])
-    assert step % CHECK_EVERY == 0 and step >= 3
+    assert "resumed from step 3" in one.log(0)
+    lines = [_saving_line(one.log(i)) for i in range(2)]
+    assert lines[0].split("WARNING: ", 1)[1] == lines[1].split("WARNING: ", 1)[1]
+    assert "preemption notice (SIGTERM) on process 1: saving step" in lines[0]
+    step = int(lines[0].split("saving step ")[1].split()[0])
+    assert step % CHECK_EVERY == 0 and step >= 6
     print(f"SIGTERM to process 1 only: both exited 0 after {seconds:.1f} s at step {step}")
 
-    # The rerun resumes; SIGTERM to both, 0.5 s apart: again one step for both, exit 0.
+    # The same command resumes; SIGTERM to both, 0.5 s apart: again one step, exit 0.
     both = jobs(workdir, prepared, tmp_path / "logs2")
     wait_for_step(workdir, step + 3, both)
     sent = time.monotonic()
@@ -101,31 +106,19 @@ def test_sigterm_to_one_process_then_to_both_stops_every_process_at_one_step(
     both.signal(1)
     assert both.wait() == [0, 0], both.tails()
     seconds = time.monotonic() - sent
-    second = [_saving_line(both.log(i)) for i in range(2)]
-    assert second[0].split("WARNING: ", 1)[1] == second[1].split("WARNING: ", 1)[1]
-    later = int(second[0].split("saving step ")[1].split()[0])
+    lines = [_saving_line(both.log(i)) for i in range(2)]
+    assert lines[0].split("WARNING: ", 1)[1] == lines[1].split("WARNING: ", 1)[1]
+    later = int(lines[0].split("saving step ")[1].split()[0])
     assert later > step and f"resumed from step {step}" in both.log(0)
     print(f"SIGTERM to both 0.5 s apart: both exited 0 after {seconds:.1f} s at step {later}")
 
-    # And on one process with 4 devices: the losses of a run that never stopped.
+    # And back on one process with 4 devices. Every loss, before and after each change of
+    # process count, is the loss of a run that never stopped.
     pretrain(config_for(prepared), workdir, devices=jax.devices()[:4], stop_after=2)
-    got = losses(workdir)
+    got, want = losses(workdir), reference(later + 2)
     assert len(got) == later + 2
-    np.testing.assert_allclose(got, reference(later + 2), atol=1e-6, rtol=0)
-    print(f"2 processes -> 1: max |loss difference| {np.max(np.abs(np.subtract(got, reference(later + 2)))):.1e}")
-
-
-def test_a_run_saved_by_one_process_resumes_on_two_with_the_same_losses(
-        prepared_corpus, tmp_path, jobs, reference):
-    prepared = prepared_corpus[0]
-    workdir = tmp_path / "w"
-    pretrain(config_for(prepared), workdir, devices=jax.devices()[:4], stop_after=3)
-    two = jobs(workdir, prepared, tmp_path / "logs", stop_after=3)
-    assert two.wait() == [0, 0], two.tails()
-    assert "resumed from step 3" in two.log(0)
-    got = losses(workdir)
-    np.testing.assert_allclose(got, reference(6), atol=1e-6, rtol=0)
-    print(f"1 process -> 2: max |loss difference| {np.max(np.abs(np.subtract(got, reference(6)))):.1e}")
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    print(f"1 -> 2 -> 1 processes: max |loss difference| {np.max(np.abs(np.subtract(got, want))):.1e}")
 
 
 def test_processes_that_disagree_on_the_config_all_stop_at_start_up_with_one_line(
@@ -256,13 +249,26 @@ def test_on_one_host_sigterm_or_ctrl_c_stops_at_the_next_step_and_a_second_ctrl_
     import signal
     before = signal.getsignal(signal.SIGINT)
     with hosts.Preemption(every=CHECK_EVERY) as preemption:
+        preemption.started(1)
         assert not preemption.should_stop(1)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert preemption.should_stop(1)          # one process: at the very next step
+        assert preemption.should_stop(2)          # one process: at the very next step
         assert preemption.reason == "preemption notice (SIGTERM)"
     with hosts.Preemption() as preemption:
+        preemption.started(1)
+        assert not preemption.should_stop(6)      # the loop is running
         os.kill(os.getpid(), signal.SIGINT)
         assert preemption.should_stop(7) and preemption.reason == "Ctrl-C"
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    with hosts.Preemption() as preemption:        # Ctrl-C while starting: nothing to save
+        preemption.started(1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with hosts.Preemption() as preemption:        # several processes: kept for the first check
+        preemption.started(2)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert preemption.requested == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):    # unless a second one insists
+            os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGINT) is before

@@ -98,6 +98,7 @@ def test_an_old_workdir_with_a_relative_data_path_refuses_to_export_without_a_to
 
 def test_export_refuses_a_tokenizer_of_another_size(project, workdir, tmp_path, capsys):
     from conftest import small_bpe_tokenizer
+    (tmp_path / "bpe").mkdir()
     small_bpe_tokenizer(["a few words", "and a few more"], tmp_path / "bpe")
     assert cli.main(["export", "--workdir", str(workdir), "--output", str(tmp_path / "ex"),
                      "--tokenizer", str(tmp_path / "bpe")]) == 1
