@@ -5,10 +5,10 @@ must be bit-identical to an uninterrupted run.
 
     python experiments/kill_test.py [--kills 10] [--steps 200] [--seed 0] [--prepared DIR]
 
-The first kill always lands during an async save (the moment a save's temporary directory
-appears); the others at random. Exits non-zero if anything differs. Prints one JSON line: how
-many kills of each kind, resumes and recomputed steps. CI runs a trimmed version
-(tests/test_kill.py); the long one is a slow test.
+The first kill always lands during an async save (the moment the temporary directory of a save
+after a committed one appears); the others at random. Exits non-zero if anything differs.
+Prints one JSON line: how many kills of each kind, resumes and recomputed steps. CI runs a
+trimmed version (tests/test_kill.py); the long one is a slow test.
 """
 
 import argparse
@@ -70,6 +70,12 @@ def _saving(workdir) -> bool:
         return False
 
 
+def _committed(workdir) -> list[int]:
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit()) \
+        if folder.exists() else []
+
+
 def _wait_for(proc, condition, timeout: float, poll: float) -> bool:
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
@@ -105,8 +111,7 @@ def main() -> int:
     kills = {moment: 0 for moment in MOMENTS}
     resumes = recomputed = 0
     while True:
-        checkpoints = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*")
-                             if p.name.isdigit()) if (workdir / "checkpoints").exists() else []
+        checkpoints = _committed(workdir)
         before = checkpoints[-1] if checkpoints else None
         logged_before = _logged_steps(workdir)
         log_file = open(root / "last_run.log", "w")   # a file: a full pipe would stall it
@@ -126,7 +131,9 @@ def main() -> int:
                 _wait_for(proc, lambda: _logged_steps(workdir) > logged_before, 300, 0.05)
                 if moment == "steps":
                     time.sleep(rng.uniform(0.0, 2.0))
-                elif not _wait_for(proc, lambda: _saving(workdir), 120, 0.002):
+                # During a save that would follow a committed one (so the rerun resumes).
+                elif not (_wait_for(proc, lambda: _committed(workdir), 300, 0.01)
+                          and _wait_for(proc, lambda: _saving(workdir), 120, 0.002)):
                     moment = "steps"        # it finished before another save began
         if moment is not None and proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
