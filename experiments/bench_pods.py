@@ -161,6 +161,8 @@ def main() -> int:
                         "of the embedded corpus)")
     parser.add_argument("--no-write", action="store_true", help="print, do not write "
                         "BENCHMARKS.md")
+    parser.add_argument("--label", default="", help="said of the machine in BENCHMARKS.md, "
+                        "e.g. 'a shared, busy machine'")
     args = parser.parse_args()
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
     root = pathlib.Path(tempfile.mkdtemp(prefix="bench_pods_"))
@@ -208,7 +210,7 @@ def main() -> int:
              "Two local processes (jax.distributed on 127.0.0.1, CPU collectives over gloo), "
              "configs/tiny.py shrunk to width 32; they agree on a stop every "
              "`distributed.preemption_check_every` = 10 steps. Taken on "
-             f"{os.cpu_count()} CPU cores.", "",
+             f"{os.cpu_count()} CPU cores{', ' + args.label if args.label else ''}.", "",
              "| preemption | seconds from SIGTERM to every process's exit (median, runs) |",
              "|---|---:|"]
     for name, values in timings.items():

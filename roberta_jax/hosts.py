@@ -22,7 +22,6 @@ import atexit
 import hashlib
 import itertools
 import json
-import logging
 import os
 import pathlib
 import signal
@@ -32,8 +31,6 @@ import jax
 import numpy as np
 
 from roberta_jax.errors import UserError
-
-log = logging.getLogger("roberta_jax")
 
 AGREEMENT_TIMEOUT_S = 1800   # a slow host may spend minutes reading its data before it meets
 _exchanges = itertools.count()
