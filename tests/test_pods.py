@@ -147,7 +147,8 @@ def test_processes_that_run_other_code_all_stop_at_start_up_with_one_line(
     assert disagreeing.wait() == [1, 1], disagreeing.tails()
     errors = [[line for line in disagreeing.log(i).splitlines() if "error:" in line]
               for i in range(2)]
-    assert errors[0] == errors[1] and "disagrees with process 0 on the code (source_sha256" \
+    # The copy is no git checkout, so its revision differs first (then its source digest).
+    assert errors[0] == errors[1] and "process 1 disagrees with process 0 on the code (" \
         in errors[0][0], errors
 
 
