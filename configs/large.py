@@ -2,7 +2,9 @@
 16 heads, FFN 4096; peak LR 4e-4, 30k warmup steps, batch 8k x 512, 500k steps.
 
     roberta-jax pretrain --config configs/large.py --workdir gs://bucket/roberta-large \
-        --config.data.path=gs://bucket/prepared --config.mesh.fsdp=8
+        --config.data.path=$HOME/prepared --config.mesh.fsdp=8
+
+(the prepared data copied to every worker's disk, as experiments/tpu_pod.sh does)
 """
 
 from roberta_jax.train_config import default_config

@@ -190,7 +190,6 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     examples (transformers' padded by its collator, ours packed as finetune packs them, every
     planned row count compiled first): the steady state with any busy spell of the machine
     falling on both alike. Prints the median seconds of each."""
-    import dataclasses
     import statistics
     import jax
     import ml_collections

@@ -4,6 +4,7 @@ A checkpoint holds the train state (params, optimizer state, step, dropout key) 
 `meta` item (config, real vocabulary size, mesh shape, git revision). The data position is the
 step itself: batches are a pure function of it. Restoring always goes through abstract targets
 that carry the current shardings, so a checkpoint moves to another mesh or process count.
+The directory may be local or on object storage (`gs://...`): orbax takes `etils.epath` paths.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from roberta_jax import fs
 from roberta_jax.errors import UserError
 
 log = logging.getLogger("roberta_jax")
@@ -32,14 +34,24 @@ def git_revision() -> str | None:
 
 
 class Checkpointer:
-    """Save / restore the train state of one workdir."""
+    """Save / restore the train state of one workdir.
+
+    `read_only`: for commands that only read a workdir (export, fine-tuning from it), which may
+    be in use by a live run: nothing is created, deleted or moved.
+    """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3,
-                 keep_period: int | None = None, async_save: bool = True):
-        self.directory = pathlib.Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, keep_period=keep_period or None,
-            enable_async_checkpointing=async_save, create=True)
+                 keep_period: int | None = None, async_save: bool = True,
+                 read_only: bool = False):
+        self.directory = fs.as_path(directory)
+        self.read_only = read_only
+        if read_only:
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                   max_to_keep=None, save_interval_steps=0)
+        else:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, keep_period=keep_period or None,
+                enable_async_checkpointing=async_save, create=True)
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options,
                                                  item_names=("state", "meta"))
@@ -79,7 +91,8 @@ class Checkpointer:
                             candidate, self.directory, reason[:300])
                 damaged.append(candidate)
                 continue
-            self._set_aside(damaged)
+            if not self.read_only:
+                self._set_aside(damaged)
             return restored.state, restored.meta, candidate
         if candidates:
             raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps "
@@ -93,16 +106,14 @@ class Checkpointer:
             return
         if jax.process_index() == 0:
             aside = self.directory.parent / "damaged_checkpoints"
-            aside.mkdir(exist_ok=True)
             for step in steps:
                 target = aside / f"{step}-{int(time.time())}"
-                (self.directory / str(step)).rename(target)
+                fs.move(self.directory / str(step), target)
                 log.warning("moved damaged checkpoint %d to %s", step, target)
+        if jax.process_count() > 1:   # every process lists the checkpoints after the move
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("roberta_jax:damaged_checkpoints_moved")
         self.manager.reload()
-
-    def reached_preemption(self, step: int) -> bool:
-        """True on every process once any of them got a preemption notice (multi-host)."""
-        return self.manager.reached_preemption(step)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -114,12 +114,12 @@ def _predict(args) -> None:
     from roberta_jax.predict import predict, read_inputs
     predict(args.model, read_inputs(args.input), text_field=args.text_field,
             pair_field=args.pair_field, batch_size=args.batch_size, top_k=args.top_k,
-            allow_no_answer=args.allow_no_answer)
+            allow_no_answer=args.allow_no_answer, output=args.output)
 
 
 def _export(args) -> None:
     from roberta_jax.export import export_workdir
-    export_workdir(args.workdir, args.output, step=args.step)
+    export_workdir(args.workdir, args.output, step=args.step, tokenizer=args.tokenizer)
 
 
 def _parity(args) -> None:
@@ -271,6 +271,7 @@ examples:
     p.add_argument("--model", required=True, help="a Hugging Face directory with a tokenizer")
     p.add_argument("--input", help="jsonl / tsv / csv file (default: stdin, one JSON object or "
                    "plain text per line)")
+    p.add_argument("--output", help="file for the JSON lines, local or gs:// (default: stdout)")
     p.add_argument("--text-field", default="text", help="classifiers, taggers, masked LMs")
     p.add_argument("--pair-field", help="sentence-pair classifiers: the second text's field")
     p.add_argument("--batch-size", type=int, default=32)
@@ -283,6 +284,8 @@ examples:
     p.add_argument("--workdir", required=True)
     p.add_argument("--output", required=True, help="new directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.add_argument("--tokenizer", help="the tokenizer directory the model was trained with "
+                   "(default: the workdir's copy, else the prepared data's)")
     p.set_defaults(run=_export)
 
     p = commands.add_parser(

@@ -151,8 +151,9 @@ class RobertaConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "RobertaConfig":
+        from roberta_jax import fs
         try:
-            with open(path, encoding="utf-8") as f:
+            with fs.as_path(path).open(encoding="utf-8") as f:
                 raw = json.load(f)
         except FileNotFoundError:
             raise UserError(f"{path}: no such file") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
+import tempfile
 import time
 
 import flax
@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from roberta_jax import fs
 from roberta_jax import sharding as shd
 from roberta_jax import task_kinds, tasks
 from roberta_jax.checkpoint import Checkpointer
@@ -54,9 +55,10 @@ def load_model(init: str, head: str, num_labels: int | None, labels: list[str] |
     """
     from roberta_jax.convert.params import params_from_hf_state
     from roberta_jax.pretrained import read_checkpoint
-    path = pathlib.Path(init) if init else None
+    from roberta_jax.export import is_pretraining_workdir
+    path = fs.as_path(init) if init else None
     encoder = None
-    if path is not None and (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+    if path is not None and is_pretraining_workdir(path):
         from roberta_jax.export import load_workdir_params
         pretrained, pretrained_params, _, step = load_workdir_params(path)
         config, encoder = pretrained.config, pretrained_params["roberta"]
@@ -150,12 +152,13 @@ def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
 # =============================================================================== driver
 
 def finetune(config, workdir) -> dict:
-    workdir = pathlib.Path(workdir)
+    workdir = fs.as_path(workdir)
     if config.get("packing", "auto") not in PACKING:
         raise UserError(f"packing {config.packing!r}: use one of {', '.join(PACKING)}")
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
-    tokenizer = load_tokenizer(_tokenizer_path(config))
+    from roberta_jax.convert.hf import TOKENIZER_FILES
+    tokenizer = load_tokenizer(fs.local_copy(_tokenizer_path(config), TOKENIZER_FILES))
 
     train, label_names = kind.read("train", kind.initial_labels())
     if not kind.has_labels(train):
@@ -199,15 +202,15 @@ def finetune(config, workdir) -> dict:
 
 
 def _tokenizer_path(config) -> str:
+    from roberta_jax.export import is_pretraining_workdir, workdir_tokenizer
     if config.tokenizer:
         return config.tokenizer
-    init = pathlib.Path(config.init) if config.init else None
-    if init is not None and (init / "config.json").is_file() and (init / "checkpoints").is_dir():
-        saved = json.loads((init / "config.json").read_text())
-        return str(pathlib.Path(saved["data"]["path"]) / "tokenizer")
+    init = fs.as_path(config.init) if config.init else None
+    if init is not None and is_pretraining_workdir(init):
+        return fs.as_str(workdir_tokenizer(init))
     if init is None:
         raise UserError("set --config.tokenizer (or --config.init to a model with one)")
-    return str(init.parent if init.is_file() else init)
+    return fs.as_str(init.parent if init.is_file() else init)
 
 
 @dataclasses.dataclass
@@ -319,7 +322,7 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
     return run.jit_train, params, opt_state, batches
 
 
-def _train_one_seed(run: _Run, params, tests, seed, out: pathlib.Path) -> dict:
+def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
     config, task, kind, mesh = run.config, run.task, run.kind, run.mesh
     params = jax.device_put(params, shd.replicated(mesh))
     opt_state = jax.device_put(run.tx.init(params), shd.replicated(mesh))
@@ -439,14 +442,16 @@ def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_
     return np.concatenate(outputs)
 
 
-def _save_best(model, params, directory: pathlib.Path, tokenizer) -> None:
-    import shutil
+def _save_best(model, params, directory, tokenizer) -> None:
+    """The best epoch so far as a Hugging Face directory with its tokenizer; the previous best
+    is replaced only once this one is written whole."""
     from roberta_jax.pretrained import save_pretrained
-    staging = directory.with_name(directory.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    tokenizer_files = directory.with_name(directory.name + ".tokenizer")
-    tokenizer.save(tokenizer_files)
-    save_pretrained(model, jax.device_get(params), staging, tokenizer_from=tokenizer_files)
-    shutil.rmtree(tokenizer_files)
-    shutil.rmtree(directory, ignore_errors=True)
-    staging.rename(directory)
+    staging = directory.parent / (directory.name + ".new")
+    if staging.exists():
+        staging.rmtree()
+    with tempfile.TemporaryDirectory(prefix="roberta_jax_tokenizer_") as tokenizer_files:
+        tokenizer.save(tokenizer_files)   # the tokenizer libraries write local files
+        save_pretrained(model, jax.device_get(params), staging, tokenizer_from=tokenizer_files)
+    if directory.exists():
+        directory.rmtree()
+    fs.move(staging, directory)

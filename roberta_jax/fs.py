@@ -13,7 +13,10 @@ means the same file whatever directory a later command runs from.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")   # read by epath at every call, orbax's too
@@ -148,6 +151,73 @@ def size(path: PathLike) -> int:
         text = os.fspath(path)
         return int(_fsspec(text).size(text))
     return os.path.getsize(path)
+
+
+def files_under(directory: PathLike) -> list[str]:
+    """Paths of every file under `directory` (recursively), relative to it, sorted."""
+    text = as_str(directory)
+    if is_remote(text):
+        fs = _fsspec(text)
+        root = text.split("://", 1)[1].rstrip("/") + "/"
+        return sorted(p[len(root):] for p in fs.find(text) if p.startswith(root))
+    return sorted(os.path.relpath(os.path.join(folder, name), text)
+                  for folder, _, names in os.walk(text) for name in names)
+
+
+def copy_tree(src: PathLike, dst: PathLike) -> None:
+    """Copy every file under directory `src` into directory `dst`, local or remote either way."""
+    src, dst = as_path(src), as_path(dst)
+    for relative in files_under(src):
+        target = dst / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((src / relative).read_bytes())
+
+
+def move(src: PathLike, dst: PathLike) -> None:
+    """Move a file or a directory tree to `dst` (its parent is created). Object storage has no
+    rename: there it is a copy, then a delete."""
+    src, dst = as_path(src), as_path(dst)
+    if not is_remote(src) and not is_remote(dst):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(os.fspath(src), os.fspath(dst))
+    elif src.is_dir():
+        copy_tree(src, dst)
+        src.rmtree()
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+        src.unlink()
+
+
+def local_copy(path: PathLike, names: tuple[str, ...] | None = None) -> str:
+    """A local path holding what `path` holds (a file, or a directory tree; only the files in
+    `names` when given): the path itself when local, else a download into a temporary directory
+    that lives as long as the process. For libraries that open local files only, possibly long
+    after loading (a sentencepiece model is copied again when its tokenizer is saved)."""
+    if not is_remote(path):
+        return as_str(path)
+    global _downloads
+    if _downloads is None:
+        _downloads = tempfile.mkdtemp(prefix="roberta_jax_")
+        atexit.register(shutil.rmtree, _downloads, ignore_errors=True)
+    source = as_path(path)
+    local = tempfile.mkdtemp(dir=_downloads)
+    if not source.is_dir():
+        local = os.path.join(local, source.name)
+        with open(local, "wb") as f:
+            f.write(source.read_bytes())
+        return local
+    local = os.path.join(local, source.name)
+    for relative in files_under(source):
+        if names is None or relative in names:
+            os.makedirs(os.path.dirname(os.path.join(local, relative)), exist_ok=True)
+            with open(os.path.join(local, relative), "wb") as f:
+                f.write((source / relative).read_bytes())
+    os.makedirs(local, exist_ok=True)
+    return local
+
+
+_downloads: str | None = None
 
 
 def _fsspec(path: str):

@@ -14,16 +14,18 @@ Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects o
 (a plain line is the text; for token classification it is split into words at white space).
 Inputs are packed several to a row (data/pack_examples.py), so short ones cost what their
 tokens cost; the outputs are those of each input run alone.
+The model, the input file and the output file may be local or on object storage (gs://).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import pathlib
 import sys
 
 import numpy as np
 
+from roberta_jax import fs
 from roberta_jax.data import pack_examples as pack
 from roberta_jax.data.classification import bucket_length, read_rows
 from roberta_jax.data.tokenizer import load_tokenizer
@@ -35,7 +37,7 @@ BUCKETS = (32, 64, 128, 256, 512)
 def read_inputs(path: str | None) -> list[dict]:
     """Records of a jsonl / tsv / csv file, or of stdin's lines (JSON objects or plain text)."""
     if path is not None:
-        return read_rows(pathlib.Path(path))
+        return read_rows(fs.as_path(path))
     records = []
     for line in sys.stdin:
         if not line.strip():
@@ -62,7 +64,8 @@ class Predictor:
     def __init__(self, model_dir: str, batch_size: int = 32):
         import jax
         from roberta_jax.pretrained import from_pretrained, task_of
-        self.tokenizer = load_tokenizer(model_dir)
+        from roberta_jax.convert.hf import TOKENIZER_FILES
+        self.tokenizer = load_tokenizer(fs.local_copy(model_dir, TOKENIZER_FILES))
         self.model, self.params = from_pretrained(model_dir)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise UserError(f"{model_dir}: the tokenizer has {self.tokenizer.vocab_size} ids but "
@@ -230,7 +233,16 @@ class Predictor:
 
 def predict(model_dir: str, records: list[dict], text_field: str = "text",
             pair_field: str | None = None, batch_size: int = 32, top_k: int = 5,
-            allow_no_answer: bool = False, out=sys.stdout) -> None:
+            allow_no_answer: bool = False, out=sys.stdout, output: str | None = None) -> None:
+    """One JSON line per record, to `out`, or to the file `output` (written once complete)."""
+    if output is not None:
+        lines = io.StringIO()
+        predict(model_dir, records, text_field, pair_field, batch_size, top_k, allow_no_answer,
+                out=lines)
+        target = fs.as_path(output)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(lines.getvalue(), encoding="utf-8")
+        return
     predictor = Predictor(model_dir, batch_size)
     for record in predictor(records, text_field=text_field, pair_field=pair_field, top_k=top_k,
                             allow_no_answer=allow_no_answer):

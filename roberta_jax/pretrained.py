@@ -8,12 +8,12 @@ Sources: a Hugging Face directory (this project's exports are those too), or a f
 from __future__ import annotations
 
 import os
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from roberta_jax import fs
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import fairseq, hf
 from roberta_jax.convert.params import (hf_state_from_params, params_from_hf_state,
@@ -29,7 +29,7 @@ def read_checkpoint(path: str | os.PathLike, head: str | None = None):
 
     The tokenizer source is a directory to copy tokenizer files from, or a {name: bytes} dict.
     """
-    path = pathlib.Path(path)
+    path = fs.as_path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
     if hf.is_hf_dir(path):
@@ -92,7 +92,7 @@ def task_of(model) -> str:
 
 
 def save_pretrained(model, params, out_dir: str | os.PathLike,
-                    tokenizer_from: str | os.PathLike | dict | None = None) -> pathlib.Path:
+                    tokenizer_from: str | os.PathLike | dict | None = None) -> fs.Path:
     """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files if given:
     a directory to copy them from, or {name: bytes})."""
     config: RobertaConfig = model.config
@@ -109,7 +109,7 @@ def save_pretrained(model, params, out_dir: str | os.PathLike,
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, task: str | None = None,
-            head: str | None = None) -> pathlib.Path:
+            head: str | None = None) -> fs.Path:
     """Any supported checkpoint -> a Hugging Face directory, tensors copied exactly.
 
     No model is built: weights are renamed and laid out as `transformers` names them, so the

@@ -224,7 +224,7 @@ class Tokens:
 
     def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
         # CoNLL layout: word and predicted tag per line, a blank line after each sentence.
-        with open(path, "w", encoding="utf-8") as f:
+        with path.open("w", encoding="utf-8") as f:
             for words, tags in zip(split.data.words,
                                    self.tag_predictions(split, outputs, label_names)):
                 f.writelines(f"{w} {t}\n" for w, t in zip(words, tags))
@@ -395,7 +395,7 @@ class Choice:
         return {"accuracy": metric_fns.accuracy(split.data.labels, outputs.argmax(-1))}
 
     def write_predictions(self, path: pathlib.Path, split: Split, outputs, label_names):
-        with open(path, "w", encoding="utf-8") as f:
+        with path.open("w", encoding="utf-8") as f:
             for i, scores in zip(split.data.ids, outputs):
                 f.write(json.dumps({"id": i, "prediction": int(scores.argmax()),
                                     "scores": [float(s) for s in scores]}) + "\n")

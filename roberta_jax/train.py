@@ -4,17 +4,21 @@
     -> step -> loop (metrics, evaluation, checkpoints, preemption) -> final save and report
 
 Run it with `roberta-jax pretrain --config configs/base.py --workdir W`; re-running the same
-command resumes from the newest checkpoint in W.
+command resumes from the newest checkpoint in W. W may be local or on object storage
+(`gs://bucket/run`); on several hosts every process runs the same command (see hosts.py).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import math
 import os
 import pathlib
-import signal
+import shutil
+import tempfile
 import time
 
 import flax
@@ -24,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from roberta_jax import fs, hosts
 from roberta_jax import sharding as shd
 from roberta_jax.checkpoint import Checkpointer, abstract_like, git_revision
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data.pipeline import PretrainingBatches, check_compatible, check_run_data
+from roberta_jax.data.prepare import TOKENIZER_DIR
 from roberta_jax.errors import UserError
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
@@ -50,29 +56,6 @@ class TrainState:
 
 
 # =============================================================================== setup
-
-def initialize_distributed(dist) -> None:
-    """One process per host: explicit coordinator flags, or what the cluster tells JAX."""
-    if dist.coordinator_address:
-        # Only the CPU backend reads this: cross-process CPU collectives (local multi-host runs).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(dist.coordinator_address, dist.num_processes,
-                                   dist.process_id)
-    elif _in_multihost_cluster():
-        jax.distributed.initialize()
-    if jax.process_count() > 1:
-        # Meet once right away, while every process is at the same point: the collectives'
-        # context is set up here rather than mid-setup, where one slow host (busy compiling or
-        # reading data) could make the others time out waiting for it.
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("roberta_jax:start")
-
-
-def _in_multihost_cluster() -> bool:
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-    return slurm or tpu_pod or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
-
 
 def model_config(config, vocab_size: int) -> RobertaConfig:
     """The architecture trained: the config's, with the vocabulary padded for even sharding."""
@@ -99,22 +82,70 @@ def make_model(config, model_cfg: RobertaConfig) -> RobertaForMaskedLM:
                               remat_policy=config.model.remat_policy or None)
 
 
-def check_workdir_config(workdir: pathlib.Path, config) -> None:
-    """Remember the config in the workdir; refuse a later run that changes the state's shape."""
+# Paths a workdir records. They are stored resolved (absolute, or gs://...), so a later command
+# run from any directory (export, fine-tuning from the workdir, a resume) finds the same files.
+PATH_FIELDS = ("data.path", "data.eval_path", "model.init_from")
+
+
+def resolve_paths(config):
+    """A copy of `config` with its paths resolved."""
+    config = config.copy_and_resolve_references()
+    for dotted in PATH_FIELDS:
+        section, field = dotted.split(".")
+        if config[section][field]:
+            config[section][field] = fs.as_str(config[section][field])
+    return config
+
+
+def check_workdir_config(workdir, config) -> None:
+    """Remember the config in the workdir, and the tokenizer beside it; refuse a later run that
+    changes the state's shape. Paths are compared by the place they name, not as text."""
     saved = workdir / "config.json"
     current = json.loads(config.to_json())
-    if jax.process_index() == 0 and not saved.exists():
-        workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(current, indent=2) + "\n")
-        return
+    is_main = jax.process_index() == 0
     if not saved.exists():
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(current, indent=2) + "\n")
+            _keep_tokenizer(workdir, config)
         return
     previous = json.loads(saved.read_text())
-    changed = [k for k in STATE_DEFINING if _dig(previous, k) != _dig(current, k)]
-    if changed:
-        k = changed[0]
-        raise UserError(f"{workdir}: was started with {k}={_dig(previous, k)!r}, this config has "
-                        f"{_dig(current, k)!r}; use a new --workdir (or the same config)")
+    for k in STATE_DEFINING:
+        before, now = _dig(previous, k), _dig(current, k)
+        if k in PATH_FIELDS and before and now and fs.same_path(before, now):
+            continue
+        if before == now:
+            continue
+        if k in PATH_FIELDS and before and not fs.is_remote(before) and \
+                not os.path.isabs(before):
+            raise UserError(f"{saved}: records {k}={before}, relative to the directory that "
+                            "run started in, which is not this one; resume once from there "
+                            "(the workdir then records the full path)")
+        if k in PATH_FIELDS:
+            raise UserError(f"{saved}: this workdir was started with {k}={before}; this run "
+                            f"has {now}. Pass --config.{k}={before} to resume, or use a new "
+                            "--workdir for other data")
+        raise UserError(f"{workdir}: was started with {k}={before!r}, this config has "
+                        f"{now!r}; use a new --workdir (or the same config)")
+    if is_main:
+        # Older workdirs recorded paths as typed: record them resolved from now on.
+        upgraded = dict(previous)
+        for k in PATH_FIELDS:
+            section, field = k.split(".")
+            if _dig(previous, k) and _dig(current, k) and \
+                    fs.same_path(_dig(previous, k), _dig(current, k)):
+                upgraded[section] = {**upgraded.get(section, {}), field: _dig(current, k)}
+        if upgraded != previous:
+            saved.write_text(json.dumps(upgraded, indent=2) + "\n")
+        _keep_tokenizer(workdir, config)
+
+
+def _keep_tokenizer(workdir, config) -> None:
+    """A copy of the training data's tokenizer in the workdir: exports and fine-tuning find it
+    there even after the prepared data has moved."""
+    source = fs.as_path(config.data.path) / TOKENIZER_DIR
+    if not (workdir / "tokenizer").exists() and source.is_dir():
+        fs.copy_tree(source, workdir / "tokenizer")
 
 
 def _dig(tree: dict, dotted: str):
@@ -289,29 +320,6 @@ def strip_boxes(tree):
 
 # =============================================================================== loop
 
-class _Preemption:
-    """SIGTERM (the usual preemption notice) or Ctrl-C asks the loop to save and stop at the
-    next step; a second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = None
-        self._previous = {sig: signal.signal(sig, self._handle)
-                          for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame):
-        if self.requested == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = signum
-
-    @property
-    def reason(self) -> str:
-        return "interrupted (Ctrl-C)" if self.requested == signal.SIGINT else "preemption notice"
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def pretrain(config, workdir: str | os.PathLike, *, devices=None,
              stop_after: int | None = None) -> dict:
     """Train per `config` in `workdir`, resuming from its newest checkpoint. Returns the last
@@ -321,29 +329,61 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
     of this run, with a checkpoint, as a preemption would (the schedule still spans
     train.steps).
     """
+    # From here on SIGTERM and Ctrl-C ask for a clean stop (one during start-up is kept for
+    # the loop's first check), agreed by every process.
+    with hosts.Preemption(config.distributed.get("preemption_check_every", 10)) as preemption:
+        return _pretrain(config, workdir, preemption, devices, stop_after)
+
+
+def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after) -> dict:
     # ---------------------------------------------------------------- processes and mesh
-    initialize_distributed(config.distributed)
-    workdir = pathlib.Path(workdir)
-    mesh = shd.make_mesh(config.mesh, devices)
+    hosts.initialize(config.distributed)
+    preemption.started(jax.process_count())
+    workdir = fs.as_path(workdir)
+    config = resolve_paths(config)
     is_main = jax.process_index() == 0
     train = config.train
-    if train.batch_size % (train.grad_accum * jax.process_count()):
-        raise UserError(f"train.batch_size {train.batch_size} must be divisible by "
-                        f"train.grad_accum x processes = {train.grad_accum * jax.process_count()}")
+    # Every process must reach the same decisions: an error on any one of them, or a config,
+    # code or data that differs from process 0's, stops all of them here with one line.
+    with hosts.Agreement() as agreement:
+        shared = hosts.flat(json.loads(config.to_json()))
+        shared.pop("distributed.process_id", None)
+        agreement.expect_same("config", shared, "start every process with the same config "
+                              "file and --config overrides")
+        agreement.expect_same("workdir", fs.as_str(workdir), "give every process the same "
+                              "--workdir, on storage they all reach")
+        agreement.expect_same("code", hosts.code_identity, "install the same code and "
+                              "libraries on every host")
+        mesh = shd.make_mesh(config.mesh, devices)
+        if train.batch_size % (train.grad_accum * jax.process_count()):
+            raise UserError(f"train.batch_size {train.batch_size} must be divisible by "
+                            f"train.grad_accum x processes = "
+                            f"{train.grad_accum * jax.process_count()}")
 
-    # ---------------------------------------------------------------- input
-    if not config.data.path:
-        raise UserError("data.path is not set: give a prepared directory, e.g. "
-                        "--config.data.path=prepared/")
-    batches = PretrainingBatches(
-        config.data.path, train.batch_size, train.seq_len, train.seed, config.data.mask_prob,
-        config.data.packing, jax.process_index(), jax.process_count(), config.data.masking)
-    tokenizer_info = batches.corpus.manifest["tokenizer"]
-    real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
-        else config.model.vocab_size
-    model_cfg = model_config(config, tokenizer_info["vocab_size"])
-    check_compatible(config.data.path, model_config=model_cfg, seq_len=train.seq_len)
-    check_workdir_config(workdir, config)   # after the inputs passed: no half-started workdirs
+        # ------------------------------------------------------------ input
+        if not config.data.path:
+            raise UserError("data.path is not set: give a prepared directory, e.g. "
+                            "--config.data.path=prepared/")
+        batches = PretrainingBatches(
+            config.data.path, train.batch_size, train.seq_len, train.seed,
+            config.data.mask_prob, config.data.packing, jax.process_index(),
+            jax.process_count(), config.data.masking)
+        agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
+                              f"give every host the same prepared data at {config.data.path}")
+        eval_batches = None
+        if config.data.eval_path:
+            eval_batches = PretrainingBatches(
+                config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
+                mask_prob=config.data.mask_prob, packing=config.data.packing,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                masking=config.data.masking)
+        tokenizer_info = batches.corpus.manifest["tokenizer"]
+        real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
+            else config.model.vocab_size
+        model_cfg = model_config(config, tokenizer_info["vocab_size"])
+        check_compatible(config.data.path, model_config=model_cfg, seq_len=train.seq_len)
+        check_run_data(workdir, config.data.path, config.data.eval_path, record=is_main)
+        check_workdir_config(workdir, config)   # after the inputs passed: no half-started workdirs
 
     # ---------------------------------------------------------------- model and optimizer
     model = make_model(config, model_cfg)
@@ -381,14 +421,6 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
     tokens_per_step = train.batch_size * train.seq_len
 
     writer = _MetricsWriter(workdir, enabled=is_main)
-    eval_batches = None
-    check_run_data(workdir, config.data.path, config.data.eval_path, record=is_main)
-    if config.data.eval_path:
-        eval_batches = PretrainingBatches(
-            config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
-            mask_prob=config.data.mask_prob, packing=config.data.packing,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            masking=config.data.masking)
 
     def evaluate(params, step):
         sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
@@ -403,7 +435,6 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
         return result
 
     # ---------------------------------------------------------------- the loop
-    preemption = _Preemption()
     bar = progress_bar(train.steps, start_step, "step", "pretrain", enabled=is_main)
     stream = batches.iterate(start_step, max(train.steps - start_step, 0))
     pending, window_start, last = [], time.perf_counter(), {}
@@ -414,7 +445,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
             for step in range(start_step, train.steps):
                 if stop_after is not None and step - start_step >= stop_after:
                     break
-                if preemption.requested or checkpointer.reached_preemption(step):
+                if preemption.should_stop(step):
                     log.warning("%s: saving step %d and stopping; run the same command again "
                                 "to resume", preemption.reason, step)
                     break
@@ -437,6 +468,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
                 if eval_batches is not None and done % config.eval.every_steps == 0:
                     last.update(evaluate(state.params, done))
                 if done % config.checkpoint.every_steps == 0:
+                    writer.flush()   # the metrics of every saved step are in the workdir
                     checkpointer.save(done, state, meta)
                     last_saved = done
             else:
@@ -444,6 +476,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
         # ---------------------------------------------------------------- final save, report
         step = int(jax.device_get(state.step))
         if last_saved != step:
+            writer.flush()
             checkpointer.save(step, state, meta, force=True)
         checkpointer.wait()
         if step >= train.steps and eval_batches is not None and \
@@ -452,7 +485,6 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
                 last.update(evaluate(state.params, step))
     finally:
         bar.close()
-        preemption.restore()
         checkpointer.close()
         writer.close()
     if is_main:
@@ -493,18 +525,39 @@ def _check_nonfinite(fetched, config, step, last_saved):
                     step)
 
 
-class _MetricsWriter:
-    """metrics.jsonl (one object per logged step) and TensorBoard event files, process 0 only."""
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool):
+
+class _MetricsWriter:
+    """metrics.jsonl (one object per logged step) and TensorBoard event files, process 0 only.
+
+    Object storage cannot append to a file: for a `gs://` workdir both are written to a local
+    mirror and uploaded whole by `flush`, which the loop calls before every checkpoint (so the
+    metrics of every saved step are in the workdir), and at most every UPLOAD_EVERY_S seconds.
+    """
+
+    UPLOAD_EVERY_S = 60.0
+
+    def __init__(self, workdir, enabled: bool):
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
-        workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+        self.workdir = workdir
+        self.remote = fs.is_remote(workdir)
+        if self.remote:
+            self._local = pathlib.Path(tempfile.mkdtemp(prefix="roberta_jax_metrics_"))
+            if (workdir / "metrics.jsonl").exists():
+                (self._local / "metrics.jsonl").write_bytes(
+                    (workdir / "metrics.jsonl").read_bytes())
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._local = pathlib.Path(workdir)
+        self._jsonl = open(self._local / "metrics.jsonl", "a", encoding="utf-8")
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        self._tb = SummaryWriter(str(self._local / "tensorboard"))
+        self._uploaded = time.monotonic()
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled:
@@ -514,14 +567,27 @@ class _MetricsWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
         self._tb.flush()
+        if self.remote and time.monotonic() - self._uploaded > self.UPLOAD_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Upload the mirror (object storage only; local files are already flushed)."""
+        if self.enabled and self.remote:
+            self._jsonl.flush()
+            self._tb.flush()
+            fs.copy_tree(self._local, self.workdir)
+            self._uploaded = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            if self.remote:
+                fs.copy_tree(self._local, self.workdir)
+                shutil.rmtree(self._local, ignore_errors=True)
 
 
-def _plot_losses(workdir: pathlib.Path) -> pathlib.Path | None:
+def _plot_losses(workdir):
     """loss.png: training loss (and held-out loss) against steps, from metrics.jsonl."""
     records = read_metrics(workdir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
@@ -540,16 +606,18 @@ def _plot_losses(workdir: pathlib.Path) -> pathlib.Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = workdir / "loss.png"
-    fig.savefig(out)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
+    out = fs.as_path(workdir) / "loss.png"
+    out.write_bytes(image.getvalue())
     return out
 
 
 def read_metrics(workdir) -> list[dict]:
     """metrics.jsonl of a workdir; a run resumed after a crash may repeat steps: the later
     record of a step wins."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = fs.as_path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     by_key = {}

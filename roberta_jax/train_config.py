@@ -87,6 +87,8 @@ def default_config() -> ml_collections.ConfigDict:
     r.coordinator_address = ""          # "" = auto-detect (TPU pods, SLURM) or single process
     r.num_processes = 0
     r.process_id = -1
+    r.preemption_check_every = 10       # several processes: every N steps they agree whether a
+                                        # SIGTERM / Ctrl-C reached any of them (a tiny all-reduce)
 
     c.peak_flops = 0.0                  # per device, for MFU; 0 = known chip table or measured
     return c

@@ -47,3 +47,21 @@ def test_gs_paths_never_become_local_folders(gcs_bucket, tmp_path, monkeypatch):
     path.write_text("{}")
     assert path.exists() and path.read_text() == "{}"
     assert not (tmp_path / "gs:").exists()
+
+
+def test_trees_are_listed_copied_and_moved_between_local_and_remote(root, tmp_path):
+    source = fs.as_path(root) / "tree"
+    (source / "sub").mkdir(parents=True, exist_ok=True)
+    (source / "a.txt").write_text("a")
+    (source / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    assert fs.files_under(source) == ["a.txt", os.path.join("sub", "b.bin")]
+    fs.copy_tree(source, tmp_path / "copy")                  # to a local folder
+    assert (tmp_path / "copy" / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+    fs.move(source, fs.as_path(root) / "aside" / "tree-1")   # parent created, source gone
+    assert not source.exists()
+    assert fs.files_under(fs.as_path(root) / "aside" / "tree-1") == fs.files_under(tmp_path / "copy")
+    local = fs.local_copy(fs.as_path(root) / "aside" / "tree-1")
+    assert open(os.path.join(local, "a.txt")).read() == "a"
+    assert (local == fs.as_str(fs.as_path(root) / "aside" / "tree-1")) != fs.is_remote(root)
+    only = fs.local_copy(fs.as_path(root) / "aside" / "tree-1", names=("a.txt",))
+    assert fs.files_under(only) == (["a.txt"] if fs.is_remote(root) else fs.files_under(local))

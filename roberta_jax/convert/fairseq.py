@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
 import re
 
 import numpy as np
 
+from roberta_jax import fs
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert.torch_pickle import load_torch_checkpoint, to_plain
 from roberta_jax.errors import UserError
@@ -54,8 +54,9 @@ _LM_HEAD_RENAMES = {
 }
 
 
-def find_checkpoint(path: pathlib.Path) -> pathlib.Path | None:
+def find_checkpoint(path: fs.PathLike) -> fs.Path | None:
     """A fairseq checkpoint file named by `path`, or `model.pt` inside the directory `path`."""
+    path = fs.as_path(path)
     if path.is_file() and path.suffix == ".pt":
         return path
     if path.is_dir() and (path / "model.pt").is_file():
@@ -63,9 +64,9 @@ def find_checkpoint(path: pathlib.Path) -> pathlib.Path | None:
     return None
 
 
-def read_fairseq(checkpoint: str | pathlib.Path, head: str | None = None):
+def read_fairseq(checkpoint: fs.PathLike, head: str | None = None):
     """-> (config, state dict with Hugging Face names, {file name: bytes} of tokenizer files)."""
-    checkpoint = pathlib.Path(checkpoint)
+    checkpoint = fs.as_path(checkpoint)
     raw = load_torch_checkpoint(checkpoint)
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise UserError(f"{checkpoint}: not a fairseq checkpoint (no 'model' state dict)")
@@ -179,7 +180,7 @@ def _config_from(state, hparams, labels, source) -> RobertaConfig:
     return RobertaConfig(**fields)
 
 
-def _read_dictionary(dict_file: pathlib.Path, vocab_size: int) -> list[str] | None:
+def _read_dictionary(dict_file: fs.Path, vocab_size: int) -> list[str] | None:
     """fairseq's id -> symbol list (specials, dict.txt, <mask>), checked against the weights."""
     if not dict_file.is_file():
         log.warning("%s: not found; the export will have no tokenizer files", dict_file)
@@ -202,7 +203,7 @@ def _read_dictionary(dict_file: pathlib.Path, vocab_size: int) -> list[str] | No
     return symbols
 
 
-def _tokenizer_files(folder: pathlib.Path, symbols: list[str] | None, config) -> dict[str, bytes]:
+def _tokenizer_files(folder: fs.Path, symbols: list[str] | None, config) -> dict[str, bytes]:
     if symbols is None:
         return {}
     spm = folder / "sentencepiece.bpe.model"

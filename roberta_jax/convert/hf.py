@@ -3,20 +3,22 @@
 Weights are read from `model.safetensors`, sharded safetensors with an index, or
 `pytorch_model.bin` (single or sharded). The PyTorch files are pickles: they are read by our
 restricted reader, which needs no torch and refuses anything but tensors and plain data.
+Directories may be local or on object storage (`gs://...`), read and written through
+roberta_jax.fs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
-import tempfile
+import uuid
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
+from roberta_jax import fs
 from roberta_jax.config import RobertaConfig
 from roberta_jax.convert.torch_pickle import load_torch_checkpoint
 from roberta_jax.errors import UserError
@@ -31,13 +33,14 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
                    "special_tokens_map.json", "added_tokens.json", "sentencepiece.bpe.model")
 
 
-def is_hf_dir(path: pathlib.Path) -> bool:
+def is_hf_dir(path: fs.PathLike) -> bool:
+    path = fs.as_path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file()
 
 
 def read_hf_dir(path: str | os.PathLike) -> tuple[RobertaConfig, dict[str, np.ndarray], str | None]:
     """-> (config, state dict with Hugging Face names, architecture named in config.json)."""
-    path = pathlib.Path(path)
+    path = fs.as_path(path)
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path}: no {CONFIG_FILE}; expected a Hugging Face model directory")
@@ -46,7 +49,8 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[RobertaConfig, dict[str, np.nd
     return config, read_hf_weights(path), architectures[0]
 
 
-def read_hf_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
+def read_hf_weights(path: fs.PathLike) -> dict[str, np.ndarray]:
+    path = fs.as_path(path)
     if (path / SAFETENSORS_FILE).is_file():
         return _read_safetensors(path / SAFETENSORS_FILE)
     if (path / SAFETENSORS_INDEX).is_file():
@@ -60,8 +64,10 @@ def read_hf_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
                     f"{TORCH_FILE}, {TORCH_INDEX})")
 
 
-def _read_safetensors(file: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_safetensors(file) -> dict[str, np.ndarray]:
     try:
+        if fs.is_remote(file):
+            return safetensors.numpy.load(file.read_bytes())
         return safetensors.numpy.load_file(file)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -69,7 +75,7 @@ def _read_safetensors(file: pathlib.Path) -> dict[str, np.ndarray]:
                         "or corrupt: download or export it again") from None
 
 
-def _read_sharded(index_file: pathlib.Path, read_one) -> dict[str, np.ndarray]:
+def _read_sharded(index_file, read_one) -> dict[str, np.ndarray]:
     try:
         weight_map = json.loads(index_file.read_text(encoding="utf-8"))["weight_map"]
     except (ValueError, KeyError, TypeError) as e:
@@ -97,37 +103,65 @@ def _tensors_only(obj, file) -> dict[str, np.ndarray]:
 
 def write_hf_dir(out_dir: str | os.PathLike, config: RobertaConfig, state: dict[str, np.ndarray],
                  architecture: str, tokenizer_dir: str | os.PathLike | None = None,
-                 tokenizer_files: dict[str, bytes] | None = None) -> pathlib.Path:
+                 tokenizer_files: dict[str, bytes] | None = None) -> fs.Path:
     """Write config.json + model.safetensors (+ tokenizer files) so `transformers` loads it.
 
-    Written into a temporary sibling and renamed at the end: an interrupted or failed export never
-    leaves a directory that looks complete.
+    An interrupted or failed export never leaves a directory that looks complete. Locally it is
+    written into a hidden sibling and renamed at the end; files and folders get the usual
+    permissions (what the umask allows, as `cp` would give). On object storage, which cannot
+    rename, it is written in place with config.json last (without it the directory is not a
+    model) and removed again on failure.
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = fs.as_path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; choose a new directory")
-    parent = out_dir.parent
+    extra = {}
+    if tokenizer_dir is not None:
+        source = fs.as_path(tokenizer_dir)
+        extra.update({name: (source / name).read_bytes() for name in TOKENIZER_FILES
+                      if (source / name).is_file()})
+    extra.update(tokenizer_files or {})
+    config_text = json.dumps(config.to_hf_dict(architecture), indent=2, sort_keys=True) + "\n"
+    tensors = {k: np.ascontiguousarray(v) for k, v in state.items()}
+    if fs.is_remote(out_dir):
+        try:
+            (out_dir / SAFETENSORS_FILE).write_bytes(
+                safetensors.numpy.save(tensors, metadata={"format": "pt"}))
+            for name, data in extra.items():
+                (out_dir / name).write_bytes(data)
+            (out_dir / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        except BaseException:
+            if out_dir.exists():
+                out_dir.rmtree()
+            raise
+        return out_dir
+
+    out = os.fspath(out_dir)
+    staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.{uuid.uuid4().hex[:8]}")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.mkdir(staging)      # the umask's permissions (tempfile.mkdtemp would make it 0700)
     except OSError as e:
         raise UserError(f"{out_dir}: cannot write here ({e.strerror})") from None
     try:
-        (staging / CONFIG_FILE).write_text(
-            json.dumps(config.to_hf_dict(architecture), indent=2, sort_keys=True) + "\n",
-            encoding="utf-8")
-        safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()},
-                                    staging / SAFETENSORS_FILE, metadata={"format": "pt"})
-        if tokenizer_dir is not None:
-            for name in TOKENIZER_FILES:
-                if (pathlib.Path(tokenizer_dir) / name).is_file():
-                    shutil.copyfile(pathlib.Path(tokenizer_dir) / name, staging / name)
-        for name, data in (tokenizer_files or {}).items():
-            (staging / name).write_bytes(data)
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
+        with open(os.path.join(staging, CONFIG_FILE), "w", encoding="utf-8") as f:
+            f.write(config_text)
+        weights = os.path.join(staging, SAFETENSORS_FILE)
+        safetensors.numpy.save_file(tensors, weights, metadata={"format": "pt"})
+        os.chmod(weights, 0o666 & ~_umask())   # safetensors creates its file 0600
+        for name, data in extra.items():
+            with open(os.path.join(staging, name), "wb") as f:
+                f.write(data)
+        if os.path.isdir(out):
+            os.rmdir(out)
+        os.rename(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

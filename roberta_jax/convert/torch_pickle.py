@@ -400,9 +400,10 @@ def load_torch_checkpoint(path):
     `UserError` for a missing, truncated or non-torch file. The module docstring lists what
     tensors, Namespaces and omegaconf configs turn into.
     """
+    from roberta_jax import fs
     name = os.fspath(path)
     try:
-        f = open(path, "rb")
+        f = fs.as_path(path).open("rb")
     except FileNotFoundError:
         raise UserError(f"{name}: no such file") from None
     except OSError as e:
