@@ -3,7 +3,7 @@
 1e-6), weight decay 0.01, dropout 0.1, no clipping, 15% dynamic masking, FULL-SENTENCES.
 
 On a TPU pod (every worker runs the same command; see experiments/tpu_pod.sh):
-    roberta-jax pretrain --config configs/base.py --workdir gs://bucket/roberta-base \
+    roberta-jax pretrain --config base --workdir gs://bucket/roberta-base \
         --config.data.path=gs://bucket/prepared
 fairseq's smaller base.yaml recipe: --config.train.batch_size=2048 --config.train.lr=5e-4
     --config.train.warmup_steps=10000 --config.train.steps=125000

@@ -1,7 +1,7 @@
 """roberta-large (355M parameters) with the RoBERTa paper's recipe: 24 layers, width 1024,
 16 heads, FFN 4096; peak LR 4e-4, 30k warmup steps, batch 8k x 512, 500k steps.
 
-    roberta-jax pretrain --config configs/large.py --workdir gs://bucket/roberta-large \
+    roberta-jax pretrain --config large --workdir gs://bucket/roberta-large \
         --config.data.path=gs://bucket/prepared --config.mesh.fsdp=8
 """
 
