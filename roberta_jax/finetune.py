@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from roberta_jax import fs
 from roberta_jax import sharding as shd
 from roberta_jax import task_kinds, tasks
 from roberta_jax.checkpoint import Checkpointer
@@ -32,7 +33,8 @@ from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
-from roberta_jax.progress import progress_bar
+from roberta_jax.progress import print_above, progress_bar
+from roberta_jax.train_config import check_finetune_config
 
 log = logging.getLogger("roberta_jax")
 
@@ -122,11 +124,13 @@ def make_steps(model, tx, kind):
     return loss_fn, train_step, predict_step
 
 
-def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
+def recipe(config, task: tasks.Task, steps: int, hidden_size: int = 768
+           ) -> ml_collections.ConfigDict:
     """The optimizer settings in pretraining's vocabulary, so optim.py serves both; unset
-    (0 / negative) values take the task's published recipe."""
+    (0 / negative) values take the task's recipe (for local files, scaled to the model's
+    width)."""
     return ml_collections.ConfigDict(dict(
-        lr=config.lr or task.lr, end_lr=0.0, steps=steps,
+        lr=config.lr or task.learning_rate(hidden_size), end_lr=0.0, steps=steps,
         warmup_steps=int(config.warmup_ratio * steps), schedule="linear", b1=0.9, b2=config.b2,
         eps=config.eps,
         weight_decay=task.weight_decay if config.weight_decay < 0 else config.weight_decay,
@@ -136,9 +140,12 @@ def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
 # =============================================================================== driver
 
 def finetune(config, workdir) -> dict:
+    check_finetune_config(config)
     workdir = pathlib.Path(workdir)
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
+    settings = check_workdir_settings(workdir, config)
+    seeds = tuple(config.seeds) or task.seeds
     tokenizer = load_tokenizer(_tokenizer_path(config))
 
     train, label_names = kind.read("train", kind.initial_labels())
@@ -148,23 +155,63 @@ def finetune(config, workdir) -> dict:
     evals = {split: kind.read(split, label_names)[0] for split in task.eval_splits}
     tests = {split: (kind.read(split, label_names)[0], out) for split, out in task.test_splits}
     dtype = jnp.dtype(config.dtype)
+    record_settings(workdir, settings)   # the inputs are good: this workdir now holds a run
 
     results = {}
-    for seed in config.seeds:
+    for seed in seeds:
         results[str(seed)] = _train_one_seed(config, task, kind, tokenizer, train, evals, tests,
                                              label_names, num_labels, seed, dtype,
                                              workdir / f"seed{seed}")
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
-    summary = {"task": task.name, "seeds": list(config.seeds), "per_seed": results}
+    summary = {"task": task.name, "seeds": list(seeds), "per_seed": results}
     if primary:
-        scores = [results[str(s)]["best"][primary] for s in config.seeds]
+        scores = [results[str(s)]["best"][primary] for s in seeds]
         summary["median"] = {primary: float(np.median(scores))}
-        summary["median_seed"] = config.seeds[int(np.argsort(scores)[len(scores) // 2])]
+        summary["median_seed"] = seeds[int(np.argsort(scores)[len(scores) // 2])]
         print(f"{task.name}: median {primary} over {len(scores)} seed(s) = "
               f"{np.median(scores):.4f}  (per seed: "
-              + ", ".join(f"{s}: {v:.4f}" for s, v in zip(config.seeds, scores)) + ")")
+              + ", ".join(f"{s}: {v:.4f}" for s, v in zip(seeds, scores)) + ")")
+    test_names = sorted({k for s in seeds for k in results[str(s)]["test"]})
+    if test_names:
+        # Each seed's test score is its best-on-dev epoch's: the test set chose nothing.
+        summary["test"] = {k: float(np.median([results[str(s)]["test"][k] for s in seeds]))
+                           for k in test_names}
+        print(f"{task.name}: test scores of the best epochs, median over {len(seeds)} seed(s): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     (workdir / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+# Settings that may change between runs in one workdir: another seed list only adds or skips
+# seed directories; the others change what is shown, where tfds looks, or SQuAD v2's decoding of
+# the test predictions. Any other change would mix two experiments in one set of checkpoints.
+FREE_TO_CHANGE = ("seeds", "progress", "tfds_data_dir", "null_threshold")
+PATH_SETTINGS = ("init", "tokenizer", "train_file", "eval_file", "test_file")
+SETTINGS_FILE = "finetune_config.json"
+
+
+def check_workdir_settings(workdir, config) -> dict:
+    """The settings to record in the workdir; refuses other settings than those recorded once a
+    seed has trained there (resuming would continue one experiment with another's settings)."""
+    current = {k: v for k, v in json.loads(config.to_json()).items() if k not in FREE_TO_CHANGE}
+    for key in PATH_SETTINGS:
+        if current.get(key):
+            current[key] = fs.as_str(current[key])   # the same file from any directory
+    saved_file = fs.as_path(workdir) / SETTINGS_FILE
+    if saved_file.exists() and any(fs.as_path(workdir).glob("seed*/checkpoints")):
+        saved = json.loads(saved_file.read_text())
+        changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise UserError(f"{workdir}: was fine-tuned with other settings ({what}); use a new "
+                            "--workdir for these, or the old settings to resume")
+    return current
+
+
+def record_settings(workdir, settings: dict) -> None:
+    saved_file = fs.as_path(workdir) / SETTINGS_FILE
+    saved_file.parent.mkdir(parents=True, exist_ok=True)
+    saved_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 def _tokenizer_path(config) -> str:
@@ -195,7 +242,12 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
     steps_per_epoch = max(1, train_split.size // batch_size)
     epochs = config.epochs or task.epochs
     total_steps = steps_per_epoch * epochs
-    tx = make_optimizer(recipe(config, task, total_steps))
+    optimizer = recipe(config, task, total_steps, model.config.hidden_size)
+    tx = make_optimizer(optimizer)
+    where = ("" if config.lr or task.lr is not None else
+             f" (local files: scaled to width {model.config.hidden_size})")
+    log.info("seed %d: lr %.2g%s, batch %d, %d epochs of %d steps, weight decay %g", seed,
+             optimizer.lr, where, batch_size, epochs, steps_per_epoch, optimizer.weight_decay)
     _, train_step, predict_step = make_steps(model, tx, kind)
 
     mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
@@ -242,8 +294,8 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
                 record[f"{split}_{name}"] = value
         history.append(record)
         bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
-        print(f"seed {seed} epoch {epoch + 1}/{epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"), flush=True)
+        print_above(f"seed {seed} epoch {epoch + 1}/{epochs}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
         if primary is None or not best or record[primary] > best[primary]:
             best = record
             _save_best(model, params, out / "best", tokenizer)
@@ -252,6 +304,7 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
     bar.close()
     checkpointer.close()
 
+    scores = {}
     if tests:
         from roberta_jax.pretrained import from_pretrained
         best_model, best_params = from_pretrained(out / "best", kind.head, dtype=dtype)
@@ -262,8 +315,11 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
                                tokenizer.pad_id, buckets, max_length, mesh)
             path = out / (filename or f"{split}_predictions")
             kind.write_predictions(path, encoded, outputs, label_names)
-            print(f"wrote {encoded.size} test predictions -> {path}")
-    return {"best": best, "history": history}
+            scored = kind.evaluate(encoded, outputs, label_names) if kind.has_labels(data) else {}
+            scores.update({f"{split}_{k}": v for k, v in scored.items()})
+            print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
+                  + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    return {"best": best, "history": history, "test": scores}
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "weights", "start_positions",
@@ -293,9 +349,6 @@ def _save_best(model, params, directory: pathlib.Path, tokenizer) -> None:
     from roberta_jax.pretrained import save_pretrained
     staging = directory.with_name(directory.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
-    tokenizer_files = directory.with_name(directory.name + ".tokenizer")
-    tokenizer.save(tokenizer_files)
-    save_pretrained(model, jax.device_get(params), staging, tokenizer_from=tokenizer_files)
-    shutil.rmtree(tokenizer_files)
+    save_pretrained(model, jax.device_get(params), staging, tokenizer=tokenizer)
     shutil.rmtree(directory, ignore_errors=True)
     staging.rename(directory)

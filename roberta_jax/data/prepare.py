@@ -87,7 +87,8 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, doc_format: 
             pool.terminate()
     try:
         return _write_manifest(out, units, plan, tokenizer,
-                               elapsed=time.perf_counter() - started, tokens_this_run=tokens_done)
+                               elapsed=time.perf_counter() - started,
+                               tokens_this_run=tokens_done if todo else None)
     except UserError:
         if created_here:  # nothing worth keeping (an empty corpus): leave no directory behind
             shutil.rmtree(out, ignore_errors=True)
@@ -208,9 +209,10 @@ def _write_manifest(out, units, plan, tokenizer, elapsed, tokens_this_run) -> di
                                                                  "documents", "sentences")}
                                              for s in shards]}
     _write_json(out / MANIFEST, manifest)
-    rate = tokens_this_run / max(elapsed, 1e-9)
+    this_run = "every shard was already done" if tokens_this_run is None else \
+        f"{tokens_this_run / max(elapsed, 1e-9):,.0f} tokens/s this run"
     print(f"prepared {totals['tokens']:,} tokens in {totals['documents']:,} documents, "
-          f"{len(shards)} shards -> {out} ({rate:,.0f} tokens/s this run)")
+          f"{len(shards)} shards -> {out} ({this_run})")
     return manifest
 
 
