@@ -11,7 +11,8 @@ What comes out depends on the model's head:
     masked LM                 {"masks": the top guesses for each <mask>}
 
 Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects or plain text
-(a plain line is the text; for token classification it is split into words at white space).
+(a plain line is the text; for token classification it is split into words at white space). A
+line that starts with `{` must be valid JSON: it is refused rather than taken as text.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ def read_inputs(path: str | None) -> list[dict]:
     if path is not None:
         return read_rows(pathlib.Path(path))
     records = []
-    for line in sys.stdin:
+    for number, line in enumerate(sys.stdin, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
+            if line.lstrip().startswith("{"):  # meant as a JSON object: guessing would mislead
+                raise UserError(f"stdin line {number}: starts like a JSON object but is not "
+                                f"valid JSON ({e.msg} at column {e.colno})") from None
             record = None
         records.append(record if isinstance(record, dict) else {"text": line.rstrip("\n")})
     return records
