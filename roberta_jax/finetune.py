@@ -202,10 +202,17 @@ def check_workdir_settings(workdir, config) -> dict:
         saved = json.loads(saved_file.read_text())
         changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
         if changed:
-            what = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            what = ", ".join(f"{k} {_shown(k, saved.get(k))} -> {_shown(k, current.get(k))}"
+                             for k in changed)
             raise UserError(f"{workdir}: was fine-tuned with other settings ({what}); use a new "
                             "--workdir for these, or the old settings to resume")
     return current
+
+
+def _shown(key: str, value) -> str:
+    unset = value == 0 if key in ("lr", "batch_size", "epochs", "max_length") else \
+        key == "weight_decay" and value is not None and value < 0
+    return f"{value!r} (the task's recipe)" if unset else repr(value)
 
 
 def record_settings(workdir, settings: dict) -> None:

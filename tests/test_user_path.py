@@ -265,7 +265,8 @@ def test_a_finetune_workdir_refuses_other_settings(local_run):
     code, out = run(argv + ["--config.lr=1e-5", "--config.epochs=3"])
     errors = error_lines(out)
     assert code == 1 and len(errors) == 1, out
-    assert "lr 0.0 -> 1e-05" in errors[0] and "epochs 0 -> 3" in errors[0]
+    assert "lr 0.0 (the task's recipe) -> 1e-05" in errors[0]
+    assert "epochs 0 (the task's recipe) -> 3" in errors[0]
     assert "use a new --workdir" in errors[0]
     assert json.loads((d / "w" / "results.json").read_text())["seeds"] == [1]  # untouched
 
