@@ -144,7 +144,7 @@ def finetune(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
-    settings = check_workdir_settings(workdir, config)
+    check_workdir_settings(workdir, config)
     seeds = tuple(config.seeds) or task.seeds
     tokenizer = load_tokenizer(_tokenizer_path(config))
 
@@ -155,7 +155,6 @@ def finetune(config, workdir) -> dict:
     evals = {split: kind.read(split, label_names)[0] for split in task.eval_splits}
     tests = {split: (kind.read(split, label_names)[0], out) for split, out in task.test_splits}
     dtype = jnp.dtype(config.dtype)
-    record_settings(workdir, settings)   # the inputs are good: this workdir now holds a run
 
     results = {}
     for seed in seeds:
@@ -190,13 +189,19 @@ PATH_SETTINGS = ("init", "tokenizer", "train_file", "eval_file", "test_file")
 SETTINGS_FILE = "finetune_config.json"
 
 
-def check_workdir_settings(workdir, config) -> dict:
-    """The settings to record in the workdir; refuses other settings than those recorded once a
-    seed has trained there (resuming would continue one experiment with another's settings)."""
+def workdir_settings(config) -> dict:
+    """What a workdir records of the config: all but FREE_TO_CHANGE, paths made absolute."""
     current = {k: v for k, v in json.loads(config.to_json()).items() if k not in FREE_TO_CHANGE}
     for key in PATH_SETTINGS:
         if current.get(key):
             current[key] = fs.as_str(current[key])   # the same file from any directory
+    return current
+
+
+def check_workdir_settings(workdir, config) -> None:
+    """Refuse other settings than those recorded once a seed has trained in the workdir
+    (resuming would continue one experiment with another's settings)."""
+    current = workdir_settings(config)
     saved_file = fs.as_path(workdir) / SETTINGS_FILE
     if saved_file.exists() and any(fs.as_path(workdir).glob("seed*/checkpoints")):
         saved = json.loads(saved_file.read_text())
@@ -206,7 +211,6 @@ def check_workdir_settings(workdir, config) -> dict:
                              for k in changed)
             raise UserError(f"{workdir}: was fine-tuned with other settings ({what}); use a new "
                             "--workdir for these, or the old settings to resume")
-    return current
 
 
 def _shown(key: str, value) -> str:
@@ -215,10 +219,12 @@ def _shown(key: str, value) -> str:
     return f"{value!r} (the task's recipe)" if unset else repr(value)
 
 
-def record_settings(workdir, settings: dict) -> None:
+def record_settings(workdir, config) -> None:
+    """Write the workdir's settings, once the inputs passed every check (a failed start leaves
+    no workdir behind) and before anything trains."""
     saved_file = fs.as_path(workdir) / SETTINGS_FILE
     saved_file.parent.mkdir(parents=True, exist_ok=True)
-    saved_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    saved_file.write_text(json.dumps(workdir_settings(config), indent=2, sort_keys=True) + "\n")
 
 
 def _tokenizer_path(config) -> str:
@@ -265,6 +271,7 @@ def _train_one_seed(config, task, kind, tokenizer, train, evals, tests, label_na
     jit_train = jax.jit(train_step, donate_argnums=(0, 1))
     jit_predict = jax.jit(predict_step)
 
+    record_settings(out.parent, config)
     checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=False)
     first_epoch, best, history = 0, {}, []
     restored = checkpointer.restore(jax.tree.map(
