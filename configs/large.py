@@ -1,10 +1,10 @@
 """roberta-large (355M parameters) with the RoBERTa paper's recipe: 24 layers, width 1024,
 16 heads, FFN 4096; peak LR 4e-4, 30k warmup steps, batch 8k x 512, 500k steps.
 
-    roberta-jax pretrain --config configs/large.py --workdir gs://bucket/roberta-large \
-        --config.data.path=$HOME/prepared --config.mesh.fsdp=8
+    roberta-jax pretrain --config large --workdir gs://bucket/roberta-large \
+        --config.data.path=gs://bucket/prepared --config.mesh.fsdp=8
 
-(the prepared data copied to every worker's disk, as experiments/tpu_pod.sh does)
+(the prepared data read from the bucket, or copied to every worker's disk)
 """
 
 from roberta_jax.train_config import default_config

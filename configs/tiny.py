@@ -1,6 +1,6 @@
 """A tiny RoBERTa for CPUs and tests: 2 layers, width 64. Trains in minutes on a laptop.
 
-    roberta-jax pretrain --config configs/tiny.py --workdir /tmp/tiny \
+    roberta-jax pretrain --config tiny --workdir /tmp/tiny \
         --config.data.path=prepared/ --config.train.steps=300
 """
 

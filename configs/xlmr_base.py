@@ -2,7 +2,7 @@
 fairseq ids, <mask> last). Prepare the corpus with an XLM-R sentencepiece.bpe.model (or one from
 `roberta-jax train-tokenizer --type sentencepiece --vocab-size 250002`).
 
-    roberta-jax pretrain --config configs/xlmr_base.py --workdir W --config.data.path=prepared/
+    roberta-jax pretrain --config xlmr_base --workdir W --config.data.path=prepared/
 """
 
 from roberta_jax.train_config import default_config

@@ -6,11 +6,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
+from roberta_jax.progress import close_bars, print_above
 
 EXIT_USER_ERROR = 1
+DESCRIPTION = (
+    "RoBERTa in JAX/Flax: train a tokenizer, prepare a corpus, pretrain, fine-tune (GLUE, SQuAD, "
+    "NER, RACE or your own files), predict, export and convert to and from Hugging Face and "
+    "fairseq. Mistakes you can fix are reported in one line (a traceback only with --debug) "
+    "with exit status 1 (2 for usage errors).")
 
 
 def _convert(args) -> None:
@@ -46,8 +53,9 @@ def _add_input_flags(p) -> None:
                    help="text files: one document per line, or documents separated by blank "
                    "lines (default: lines)")
     p.add_argument("--text-field", default="text", help="jsonl / tfds field holding the text")
-    p.add_argument("--tfds-data-dir", help="data_dir of prepared tfds datasets")
-    p.add_argument("--tfds-split", default="train")
+    p.add_argument("--tfds-data-dir", help="data_dir of prepared tfds datasets (default: "
+                   "tfds's own, ~/tensorflow_datasets)")
+    p.add_argument("--tfds-split", default="train", help="tfds:NAME inputs: the split to read")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
 
 
@@ -136,14 +144,46 @@ def _parity(args) -> None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line (with where to find help), like every other error."""
+    """Usage mistakes as one line (with where to find help), like every other error; every
+    option's default in the help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what happens
+    without it; descriptions and epilogs keep their line breaks (each line is wrapped)."""
+
+    def _fill_text(self, text, width, indent):
+        def fill(line):  # an indented line (an example command) continues further in
+            lead = len(line) - len(line.lstrip())
+            return textwrap.fill(line, width, initial_indent=indent,
+                                 subsequent_indent=indent + " " * (lead + 4 if lead else 0))
+        return "\n".join(fill(line) if line else "" for line in text.splitlines())
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = not (action.default is None or action.default is False
+                     or action.default == argparse.SUPPRESS or action.required)
+        if shown and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _config_help(example: str) -> str:
+    from roberta_jax.train_config import shipped_configs
+    return (f"a config shipped with the package ({', '.join(shipped_configs())}; e.g. "
+            f"{example}) or the path of a config .py file")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="roberta-jax", description=__doc__.split("\n")[0])
+    from roberta_jax.tasks import KINDS, LOCAL_RECIPE
+    parser = _Parser(prog="roberta-jax", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -154,16 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="new output directory")
     p.add_argument("--task", choices=sorted(TASKS), help="model head to export (default: the "
                    "source's own)")
-    p.add_argument("--head", help="fairseq classification head to export, when it has several")
+    p.add_argument("--head", help="fairseq classification head to export, when it has several "
+                   "(default: its only one)")
     p.set_defaults(run=_convert)
 
     p = commands.add_parser(
         "demo", help="the whole product on the embedded corpus (stdlib docstrings): tokenizer, "
         "pretraining, masked words, a fine-tuned classifier, exports; re-run to resume")
-    p.add_argument("--workdir", default="roberta-jax-demo")
-    p.add_argument("--minutes", type=float, default=4.0, help="pretraining time budget")
-    p.add_argument("--max-documents", type=int, help="use only the first N documents")
-    p.add_argument("--finetune-epochs", type=int, default=4)
+    p.add_argument("--workdir", default="roberta-jax-demo",
+                   help="where every stage leaves its results; re-run to resume")
+    p.add_argument("--minutes", type=float, default=4.0,
+                   help="pretraining time budget, in minutes")
+    p.add_argument("--max-documents", type=int,
+                   help="use only the first N documents of the corpus (default: all)")
+    p.add_argument("--finetune-epochs", type=int, default=4,
+                   help="epochs of the fine-tuned classifier")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser("train-tokenizer", help="train a sentencepiece (XLM-R layout) or "
@@ -173,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ids in all, specials and <mask> included")
     p.add_argument("--output", required=True,
                    help="new directory for the tokenizer files (local or gs://)")
-    p.add_argument("--type", choices=("sentencepiece", "bpe"), default="sentencepiece")
+    p.add_argument("--type", choices=("sentencepiece", "bpe"), default="sentencepiece",
+                   help="sentencepiece (XLM-R layout) or bpe (byte-level, roberta-base layout)")
     p.add_argument("--max-sentences", type=int, default=5_000_000,
                    help="train on at most this many sentences, drawn uniformly from the whole "
                    "input (default: 5,000,000)")
@@ -181,8 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text is cut into sentences, and longer sentences into chunks of at "
                    "most this many characters (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    p.add_argument("--spm-model-type", choices=("unigram", "bpe"), default="unigram")
-    p.add_argument("--character-coverage", type=float, default=0.9995)
+    p.add_argument("--spm-model-type", choices=("unigram", "bpe"), default="unigram",
+                   help="sentencepiece's own algorithm")
+    p.add_argument("--character-coverage", type=float, default=0.9995,
+                   help="sentencepiece: share of the corpus's characters the vocabulary covers "
+                   "(the rarest others become <unk>, or bytes with --byte-fallback)")
     p.add_argument("--byte-fallback", action="store_true",
                    help="sentencepiece: spell unseen characters as bytes instead of <unk>")
     p.set_defaults(run=_train_tokenizer)
@@ -205,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain", help="pretrain (or resume) a RoBERTa on a prepared corpus",
         epilog="Override any config field with --config.SECTION.FIELD=VALUE, e.g. "
         "--config.train.steps=1000 --config.data.path=prepared/")
-    p.add_argument("--config", required=True, help="a configs/*.py file")
+    p.add_argument("--config", required=True, help=_config_help("--config base"))
     p.add_argument("--workdir", required=True,
                    help="checkpoints, metrics and plots; re-run to resume")
     p.set_defaults(run=_pretrain, overrides_allowed=True)
@@ -236,7 +285,7 @@ examples:
   roberta-jax plan --config configs/large.py --topology v5e-256 --search
   roberta-jax plan --config configs/xlmr_base.py --topology v4-128 --num-slices 2 --json
   roberta-jax plan --config configs/tiny.py --topology cpu --config.data.path=prepared/""")
-    p.add_argument("--config", required=True, help="a configs/*.py file")
+    p.add_argument("--config", required=True, help=_config_help("--config base"))
     p.add_argument("--topology", required=True, metavar="NAME",
                    help="a Cloud TPU name (v4-128, v5p-128, v5e-256 = v5litepod-256, v6e-64: v4 "
                    "and v5p count TensorCores, two per chip; v5e and v6e count chips), a libtpu "
@@ -258,10 +307,18 @@ examples:
     p.set_defaults(run=_plan, overrides_allowed=True)
 
     p = commands.add_parser(
-        "finetune", help="fine-tune a sentence (pair) classifier or regressor: GLUE or local files",
-        epilog="Override fields with --config.FIELD=VALUE, e.g. --config.task=rte "
-        "--config.init=roberta.large/")
-    p.add_argument("--config", required=True, help="e.g. configs/glue.py")
+        "finetune",
+        help="fine-tune on GLUE, SQuAD, CoNLL-2003 NER, RACE, or your own files of any kind: "
+        + ", ".join(KINDS), description="Fine-tune a model and keep its best epoch per seed.",
+        epilog="Override fields with --config.FIELD=VALUE (every field is listed and commented "
+        "in the glue config), e.g.\n"
+        "  --config.task=rte --config.init=roberta.large/\n"
+        "  --config.task=local --config.kind=KIND --config.train_file=F --config.eval_file=F\n"
+        f"Kinds of local files: {', '.join(KINDS)}.\n"
+        "Recipes (unset lr / batch_size / epochs / weight_decay / seeds): published tasks use "
+        "their published recipe (GLUE: fairseq's, 5 seeds);\n"
+        f"local files: {LOCAL_RECIPE}.")
+    p.add_argument("--config", required=True, help=_config_help("--config glue"))
     p.add_argument("--workdir", required=True, help="checkpoints, best model, predictions; "
                    "re-run to resume")
     p.set_defaults(run=_finetune, overrides_allowed=True)
@@ -273,15 +330,16 @@ examples:
                    "plain text per line)")
     p.add_argument("--output", help="file for the JSON lines, local or gs:// (default: stdout)")
     p.add_argument("--text-field", default="text", help="classifiers, taggers, masked LMs")
-    p.add_argument("--pair-field", help="sentence-pair classifiers: the second text's field")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--pair-field", help="sentence-pair classifiers: the second text's field "
+                   "(default: none, single texts)")
+    p.add_argument("--batch-size", type=int, default=32, help="inputs per forward pass")
     p.add_argument("--top-k", type=int, default=5, help="masked LM: guesses per <mask>")
     p.add_argument("--allow-no-answer", action="store_true",
                    help="QA models trained on SQuAD v2: answer \"\" when no answer wins")
     p.set_defaults(run=_predict)
 
     p = commands.add_parser("export", help="a pretraining workdir -> a Hugging Face directory")
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="the pretraining workdir")
     p.add_argument("--output", required=True, help="new directory")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     p.add_argument("--tokenizer", help="the tokenizer directory the model was trained with "
@@ -290,21 +348,20 @@ examples:
 
     p = commands.add_parser(
         "parity", help="check every head against transformers' PyTorch RoBERTa on random weights")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.set_defaults(run=_parity)
     return parser
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under tests)."""
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. under tests), above
+    any progress bar rather than onto its line."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
+    def emit(self, record):
+        try:
+            print_above(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _log_to_stderr() -> None:
@@ -330,11 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = args.run(args)
     except UserError as e:
+        close_bars()
         if args.debug:
             raise
         print(f"roberta-jax {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        close_bars()
         print(f"roberta-jax {args.command}: interrupted; run the same command again to resume",
               file=sys.stderr)
         return 130

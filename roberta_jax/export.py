@@ -34,8 +34,17 @@ def read_workdir_config(workdir) -> ml_collections.ConfigDict:
 
 
 def is_pretraining_workdir(path) -> bool:
+    """A `roberta-jax pretrain` workdir: checkpoints/ and our training config.json (sections
+    such as "train", no model_type as a Hugging Face config has)."""
     path = fs.as_path(path)
-    return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
+    config = path / "config.json"
+    if not ((path / "checkpoints").is_dir() and config.is_file()):
+        return False
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(raw, dict) and "model_type" not in raw and isinstance(raw.get("train"), dict)
 
 
 def load_workdir_state(workdir, step: int | None = None):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import tempfile
 import time
 
 import flax
@@ -36,7 +35,8 @@ from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
-from roberta_jax.progress import progress_bar
+from roberta_jax.progress import print_above, progress_bar
+from roberta_jax.train_config import check_finetune_config
 
 log = logging.getLogger("roberta_jax")
 
@@ -138,11 +138,13 @@ def make_steps(model, tx, kind):
     return loss_fn, train_step, predict_step
 
 
-def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
+def recipe(config, task: tasks.Task, steps: int, hidden_size: int = 768
+           ) -> ml_collections.ConfigDict:
     """The optimizer settings in pretraining's vocabulary, so optim.py serves both; unset
-    (0 / negative) values take the task's published recipe."""
+    (0 / negative) values take the task's recipe (for local files, scaled to the model's
+    width)."""
     return ml_collections.ConfigDict(dict(
-        lr=config.lr or task.lr, end_lr=0.0, steps=steps,
+        lr=config.lr or task.learning_rate(hidden_size), end_lr=0.0, steps=steps,
         warmup_steps=int(config.warmup_ratio * steps), schedule="linear", b1=0.9, b2=config.b2,
         eps=config.eps,
         weight_decay=task.weight_decay if config.weight_decay < 0 else config.weight_decay,
@@ -152,11 +154,14 @@ def recipe(config, task: tasks.Task, steps: int) -> ml_collections.ConfigDict:
 # =============================================================================== driver
 
 def finetune(config, workdir) -> dict:
+    check_finetune_config(config)
     workdir = fs.as_path(workdir)
     if config.get("packing", "auto") not in PACKING:
         raise UserError(f"packing {config.packing!r}: use one of {', '.join(PACKING)}")
     task = tasks.resolve(config)
     kind = task_kinds.for_task(task, config)
+    check_workdir_settings(workdir, config)
+    seeds = tuple(config.seeds) or task.seeds
     from roberta_jax.convert.hf import TOKENIZER_FILES
     tokenizer = load_tokenizer(fs.local_copy(_tokenizer_path(config), TOKENIZER_FILES))
 
@@ -169,7 +174,7 @@ def finetune(config, workdir) -> dict:
     dtype = jnp.dtype(config.dtype)
 
     results, run = {}, None
-    for seed in config.seeds:
+    for seed in seeds:
         model, params = load_model(config.init, kind.head, num_labels,
                                    None if task.regression else label_names, seed,
                                    config.model_preset, tokenizer.vocab_size, dtype,
@@ -189,16 +194,69 @@ def finetune(config, workdir) -> dict:
                               for s, d in evals.items()}, label_names, max_length, seed)
         results[str(seed)] = _train_one_seed(run, params, tests, seed, workdir / f"seed{seed}")
     primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
-    summary = {"task": task.name, "seeds": list(config.seeds), "per_seed": results}
+    summary = {"task": task.name, "seeds": list(seeds), "per_seed": results}
     if primary:
-        scores = [results[str(s)]["best"][primary] for s in config.seeds]
+        scores = [results[str(s)]["best"][primary] for s in seeds]
         summary["median"] = {primary: float(np.median(scores))}
-        summary["median_seed"] = config.seeds[int(np.argsort(scores)[len(scores) // 2])]
+        summary["median_seed"] = seeds[int(np.argsort(scores)[len(scores) // 2])]
         print(f"{task.name}: median {primary} over {len(scores)} seed(s) = "
               f"{np.median(scores):.4f}  (per seed: "
-              + ", ".join(f"{s}: {v:.4f}" for s, v in zip(config.seeds, scores)) + ")")
+              + ", ".join(f"{s}: {v:.4f}" for s, v in zip(seeds, scores)) + ")")
+    test_names = sorted({k for s in seeds for k in results[str(s)]["test"]})
+    if test_names:
+        # Each seed's test score is its best-on-dev epoch's: the test set chose nothing.
+        summary["test"] = {k: float(np.median([results[str(s)]["test"][k] for s in seeds]))
+                           for k in test_names}
+        print(f"{task.name}: test scores of the best epochs, median over {len(seeds)} seed(s): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in summary["test"].items()))
     (workdir / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
+
+
+# Settings that may change between runs in one workdir: another seed list only adds or skips
+# seed directories; the others change what is shown, where tfds looks, or SQuAD v2's decoding of
+# the test predictions. Any other change would mix two experiments in one set of checkpoints.
+FREE_TO_CHANGE = ("seeds", "progress", "tfds_data_dir", "null_threshold")
+PATH_SETTINGS = ("init", "tokenizer", "train_file", "eval_file", "test_file")
+SETTINGS_FILE = "finetune_config.json"
+
+
+def workdir_settings(config) -> dict:
+    """What a workdir records of the config: all but FREE_TO_CHANGE, paths made absolute."""
+    current = {k: v for k, v in json.loads(config.to_json()).items() if k not in FREE_TO_CHANGE}
+    for key in PATH_SETTINGS:
+        if current.get(key):
+            current[key] = fs.as_str(current[key])   # the same file from any directory
+    return current
+
+
+def check_workdir_settings(workdir, config) -> None:
+    """Refuse other settings than those recorded once a seed has trained in the workdir
+    (resuming would continue one experiment with another's settings)."""
+    current = workdir_settings(config)
+    saved_file = fs.as_path(workdir) / SETTINGS_FILE
+    if saved_file.exists() and any(fs.as_path(workdir).glob("seed*/checkpoints")):
+        saved = json.loads(saved_file.read_text())
+        changed = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if changed:
+            what = ", ".join(f"{k} {_shown(k, saved.get(k))} -> {_shown(k, current.get(k))}"
+                             for k in changed)
+            raise UserError(f"{workdir}: was fine-tuned with other settings ({what}); use a new "
+                            "--workdir for these, or the old settings to resume")
+
+
+def _shown(key: str, value) -> str:
+    unset = value == 0 if key in ("lr", "batch_size", "epochs", "max_length") else \
+        key == "weight_decay" and value is not None and value < 0
+    return f"{value!r} (the task's recipe)" if unset else repr(value)
+
+
+def record_settings(workdir, config) -> None:
+    """Write the workdir's settings, once the inputs passed every check (a failed start leaves
+    no workdir behind) and before anything trains."""
+    saved_file = fs.as_path(workdir) / SETTINGS_FILE
+    saved_file.parent.mkdir(parents=True, exist_ok=True)
+    saved_file.write_text(json.dumps(workdir_settings(config), indent=2, sort_keys=True) + "\n")
 
 
 def _tokenizer_path(config) -> str:
@@ -243,7 +301,12 @@ class _Run:
         batch_size = config.batch_size or task.batch_size
         steps_per_epoch = max(1, train_split.size // batch_size)
         epochs = config.epochs or task.epochs
-        tx = make_optimizer(recipe(config, task, steps_per_epoch * epochs))
+        optimizer = recipe(config, task, steps_per_epoch * epochs, model.config.hidden_size)
+        tx = make_optimizer(optimizer)
+        where = ("" if config.lr or task.lr is not None else
+                 f" (local files: scaled to width {model.config.hidden_size})")
+        log.info("lr %.2g%s, batch %d, %d epochs of %d steps, weight decay %g", optimizer.lr,
+                 where, batch_size, epochs, steps_per_epoch, optimizer.weight_decay)
         _, train_step, predict_step = make_steps(model, tx, kind)
         mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         if batch_size % mesh.size:
@@ -326,6 +389,7 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
     config, task, kind, mesh = run.config, run.task, run.kind, run.mesh
     params = jax.device_put(params, shd.replicated(mesh))
     opt_state = jax.device_put(run.tx.init(params), shd.replicated(mesh))
+    record_settings(out.parent, config)
     # Saved in the background while the next epoch trains; close() waits for the last one.
     checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=True)
     first_epoch, best, history = 0, {}, []
@@ -366,8 +430,8 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
                 record[f"{split}_{name}"] = value
         history.append(record)
         bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
-        print(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"), flush=True)
+        print_above(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
         if primary is None or not best or record[primary] > best[primary]:
             best = record
             _save_best(run.model, params, out / "best", run.tokenizer)
@@ -376,6 +440,7 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
     bar.close()
     checkpointer.close()
 
+    scores = {}
     if tests:
         from roberta_jax.pretrained import from_pretrained
         # The best weights in the run's own model: its compiled prediction step serves them.
@@ -386,8 +451,12 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
             outputs = run.outputs(best_params, encoded)
             path = out / (filename or f"{split}_predictions")
             kind.write_predictions(path, encoded, outputs, run.label_names)
-            print(f"wrote {encoded.size} test predictions -> {path}")
-    return {"best": best, "history": history}
+            scored = kind.evaluate(encoded, outputs, run.label_names) \
+                if kind.has_labels(data) else {}
+            scores.update({f"{split}_{k}": v for k, v in scored.items()})
+            print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
+                  + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    return {"best": best, "history": history, "test": scores}
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "segment_ids", "segment_starts", "labels",
@@ -449,9 +518,7 @@ def _save_best(model, params, directory, tokenizer) -> None:
     staging = directory.parent / (directory.name + ".new")
     if staging.exists():
         staging.rmtree()
-    with tempfile.TemporaryDirectory(prefix="roberta_jax_tokenizer_") as tokenizer_files:
-        tokenizer.save(tokenizer_files)   # the tokenizer libraries write local files
-        save_pretrained(model, jax.device_get(params), staging, tokenizer_from=tokenizer_files)
+    save_pretrained(model, jax.device_get(params), staging, tokenizer=tokenizer)
     if directory.exists():
         directory.rmtree()
     fs.move(staging, directory)

@@ -444,14 +444,19 @@ class _LayerList(nn.Module):
         return x
 
 
+# remat_policy values: "full", or a jax.checkpoint_policies entry that is itself a policy (the
+# others there build one from names or from two policies).
+REMAT_POLICIES = ("full", "nothing_saveable", "everything_saveable", "dots_saveable",
+                  "checkpoint_dots", "dots_with_no_batch_dims_saveable",
+                  "checkpoint_dots_with_no_batch_dims")
+
+
 def _checkpoint_policy(name: str):
     if name == "full":
         return None  # save nothing: recompute the whole layer in the backward pass
-    policy = getattr(jax.checkpoint_policies, name, None)
-    if policy is None:
-        raise ValueError(f"unknown remat policy {name!r}: use 'full' or a "
-                         "jax.checkpoint_policies name such as 'dots_with_no_batch_dims_saveable'")
-    return policy
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}: use one of {', '.join(REMAT_POLICIES)}")
+    return getattr(jax.checkpoint_policies, name)
 
 
 class RobertaPooler(nn.Module):

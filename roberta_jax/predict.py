@@ -15,6 +15,8 @@ Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects o
 Inputs are packed several to a row (data/pack_examples.py), so short ones cost what their
 tokens cost; the outputs are those of each input run alone.
 The model, the input file and the output file may be local or on object storage (gs://).
+(a plain line is the text; for token classification it is split into words at white space). A
+line that starts with `{` must be valid JSON: it is refused rather than taken as text.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ def read_inputs(path: str | None) -> list[dict]:
     if path is not None:
         return read_rows(fs.as_path(path))
     records = []
-    for line in sys.stdin:
+    for number, line in enumerate(sys.stdin, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
+            if line.lstrip().startswith("{"):  # meant as a JSON object: guessing would mislead
+                raise UserError(f"stdin line {number}: starts like a JSON object but is not "
+                                f"valid JSON ({e.msg} at column {e.colno})") from None
             record = None
         records.append(record if isinstance(record, dict) else {"text": line.rstrip("\n")})
     return records

@@ -7,7 +7,9 @@ Sources: a Hugging Face directory (this project's exports are those too), or a f
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
 
 ARCHITECTURE_TO_TASK = {architecture: task for task, (_, architecture) in TASKS.items()}
+log = logging.getLogger("roberta_jax")
 
 
 def read_checkpoint(path: str | os.PathLike, head: str | None = None):
@@ -32,6 +35,10 @@ def read_checkpoint(path: str | os.PathLike, head: str | None = None):
     path = fs.as_path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
+    from roberta_jax.export import is_pretraining_workdir
+    if is_pretraining_workdir(path):
+        raise UserError(f"{path}: a pretraining workdir, not a model; make a Hugging Face "
+                        f"directory of it with `roberta-jax export --workdir {path} --output DIR`")
     if hf.is_hf_dir(path):
         config, state, architecture = hf.read_hf_dir(path)
         task = ARCHITECTURE_TO_TASK.get(_roberta_architecture(architecture)) \
@@ -92,9 +99,21 @@ def task_of(model) -> str:
 
 
 def save_pretrained(model, params, out_dir: str | os.PathLike,
-                    tokenizer_from: str | os.PathLike | dict | None = None) -> fs.Path:
-    """Write a Hugging Face directory (config.json, model.safetensors, tokenizer files if given:
-    a directory to copy them from, or {name: bytes})."""
+                    tokenizer_from: str | os.PathLike | dict | None = None, *,
+                    tokenizer=None) -> fs.Path:
+    """Write a Hugging Face directory: config.json, model.safetensors and the tokenizer files
+    that `transformers` and `roberta-jax predict` read.
+
+    `tokenizer`: what `load_tokenizer` returns, or a path it reads. `tokenizer_from`: a directory
+    to copy tokenizer files from, or {name: bytes}. Without either the directory holds the model
+    only (with a warning).
+    """
+    if tokenizer is not None:
+        tokenizer_from = _tokenizer_files(tokenizer)
+    elif tokenizer_from is None:
+        log.warning("%s: no tokenizer given, so none is written; pass tokenizer= (e.g. "
+                    "rj.load_tokenizer(...)) for a directory that predict and transformers' "
+                    "AutoTokenizer can use", out_dir)
     config: RobertaConfig = model.config
     state = hf_state_from_params(params, config)
     state = {k: np.asarray(v) for k, v in state.items()}
@@ -106,6 +125,16 @@ def save_pretrained(model, params, out_dir: str | os.PathLike,
     kwargs = {"tokenizer_files": tokenizer_from} if isinstance(tokenizer_from, dict) \
         else {"tokenizer_dir": tokenizer_from}
     return hf.write_hf_dir(out_dir, config, state, architecture, **kwargs)
+
+
+def _tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """{file name: contents} of a tokenizer saved the way `load_tokenizer` reads it back."""
+    from roberta_jax.data.tokenizer import Tokenizer, load_tokenizer
+    if not isinstance(tokenizer, Tokenizer):
+        tokenizer = load_tokenizer(tokenizer)
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer.save(directory)
+        return {p.name: p.read_bytes() for p in fs.as_path(directory).iterdir() if p.is_file()}
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, task: str | None = None,

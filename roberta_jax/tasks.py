@@ -9,6 +9,12 @@ MNLI/QNLI/QQP/SST-2, else 16; 10 epochs, 6% warmup, weight decay 0.1). RACE is f
 README.race (LR 1e-5, batch 16, 5 epochs, weight decay 0.01, 512 tokens). SQuAD follows Hugging
 Face's run_qa example (LR 3e-5, batch 12, 2 epochs, 384 tokens, windows overlapping by 128), and
 CoNLL-2003 its run_ner defaults (LR 5e-5, 3 epochs) with batch 32; fairseq publishes neither.
+
+Local files have no published recipe, and the model may be anything from a width-64 model
+pretrained for minutes to roberta-large, so theirs scales with the model: LR
+2e-5 x (768 / hidden_size)^1.5, at most 1e-3 (2e-5 for roberta-base, 1.3e-5 for large, 8.3e-4 at
+width 64, where GLUE's 1e-5 leaves a small model at chance), batch 16, 10 epochs, weight decay
+0.01, one seed.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ class Task:
     label_field: str = "label"
     labels: tuple[str, ...] | None = None   # None: read from the data; () for regression
     metrics: tuple[str, ...] = ("accuracy",)  # the first one picks the best epoch
-    lr: float = 1e-5
+    lr: float | None = 1e-5                 # None: scaled to the model (local files)
     batch_size: int = 16
     epochs: int = 10
     weight_decay: float = 0.1
@@ -36,6 +42,7 @@ class Task:
     eval_splits: tuple[str, ...] = ("validation",)
     test_splits: tuple[tuple[str, str], ...] = (("test", ""),)   # (split, predictions file)
     files: tuple[tuple[str, str], ...] = ()   # local tasks: split -> file
+    seeds: tuple[int, ...] = (1, 2, 3, 4, 5)  # the paper reports the median over 5 seeds
 
     def where(self, split: str) -> tuple[str, str]:
         """(source to read, split name within it) of a split."""
@@ -45,6 +52,25 @@ class Task:
     @property
     def regression(self) -> bool:
         return self.labels == ()
+
+    def learning_rate(self, hidden_size: int) -> float:
+        """The recipe's peak learning rate for a model of this width."""
+        return self.lr if self.lr is not None else scaled_learning_rate(hidden_size)
+
+
+def scaled_learning_rate(hidden_size: int) -> float:
+    """Local files' default: 2e-5 at roberta-base's width, 1.3e-5 at large's (GLUE's recipes
+    use 1e-5 to 2e-5 there), and larger steps for narrower models, as in pretraining
+    (configs/tiny.py takes 3e-3 where base takes 6e-4); at most 1e-3."""
+    return min(1e-3, 2e-5 * (768 / hidden_size) ** 1.5)
+
+
+# Local files' recipe (lr None: scaled_learning_rate), and the same in words for the help.
+LOCAL_DEFAULTS = dict(lr=None, batch_size=16, epochs=10, weight_decay=0.01, seeds=(1,))
+LOCAL_RECIPE = (f"LR 2e-5 x (768 / hidden_size)^1.5, at most 1e-3 (8.3e-4 at width 64, 2e-5 for "
+                f"roberta-base), batch {LOCAL_DEFAULTS['batch_size']}, "
+                f"{LOCAL_DEFAULTS['epochs']} epochs, weight decay "
+                f"{LOCAL_DEFAULTS['weight_decay']}, {len(LOCAL_DEFAULTS['seeds'])} seed")
 
 
 def _glue(name, text, pair, labels, metrics, submission, lr=1e-5, batch=16,
@@ -109,10 +135,9 @@ def local_task(kind: str, train_file: str, eval_file: str = "", test_file: str =
     if kind == "classification" and regression:
         metrics = ("pearson", "spearman")
     return Task("local", kind, train_file, text_field, pair_field or None, label_field,
-                () if regression else None, metrics,
-                eval_splits=("dev",) if eval_file else (),
+                () if regression else None, metrics, eval_splits=("dev",) if eval_file else (),
                 test_splits=(("test", PREDICTION_FILES[kind]),) if test_file else (),
-                files=tuple((k, v) for k, v in files.items() if v))
+                files=tuple((k, v) for k, v in files.items() if v), **LOCAL_DEFAULTS)
 
 
 def resolve(config) -> Task:

@@ -38,8 +38,8 @@ from roberta_jax.errors import UserError
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
-from roberta_jax.progress import progress_bar
-from roberta_jax.train_config import STATE_DEFINING
+from roberta_jax.progress import print_above, progress_bar
+from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)
@@ -331,6 +331,7 @@ def pretrain(config, workdir: str | os.PathLike, *, devices=None,
     """
     # From here on SIGTERM and Ctrl-C ask for a clean stop (one during start-up is kept for
     # the loop's first check), agreed by every process.
+    check_pretrain_config(config)
     with hosts.Preemption(config.distributed.get("preemption_check_every", 10)) as preemption:
         return _pretrain(config, workdir, preemption, devices, stop_after)
 
@@ -432,6 +433,10 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
         result = {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
                   "eval_perplexity": math.exp(min(loss, 50.0))}
         writer.write(step, result)
+        if is_main:
+            print_above(f"step {step}: held-out MLM loss {loss:.3f} (perplexity "
+                           f"{result['eval_perplexity']:,.1f}), masked-token accuracy "
+                           f"{result['eval_accuracy']:.3f}")
         return result
 
     # ---------------------------------------------------------------- the loop

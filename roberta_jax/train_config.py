@@ -1,7 +1,10 @@
 """The pretraining config: every field, with its default and meaning, in one place.
 
 `configs/*.py` start from `default_config()` and change what their model or recipe needs;
-`load_config` reads such a file and applies `--config.a.b=value` overrides from the command line.
+`load_config` reads such a file (a path, or the name of one shipped with the package: `base`)
+and applies `--config.a.b=value` overrides from the command line. `check_pretrain_config` and
+`check_finetune_config` refuse, in one line each, values that would otherwise fail deep inside a
+run or be taken for something else.
 """
 
 from __future__ import annotations
@@ -103,11 +106,39 @@ STATE_DEFINING = ("model.vocab_size", "model.vocab_multiple", "model.hidden_size
                   "data.packing", "data.mask_prob", "data.masking")
 
 
+def config_dir() -> pathlib.Path:
+    """The shipped configs: `roberta_jax/configs/` in an installed package (setup.py puts the
+    clone's top-level `configs/` there), the clone's own `configs/` when run from a checkout."""
+    package = pathlib.Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names `--config` takes besides paths: tiny, base, large, xlmr_base, glue."""
+    return sorted(p.stem for p in config_dir().glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolve_config(name_or_path: str) -> pathlib.Path:
+    """A config file: the path given, or else the shipped config of that name (`base`,
+    `base.py`)."""
+    file = pathlib.Path(name_or_path).expanduser()
+    if file.is_file():
+        return file
+    name = name_or_path[:-3] if name_or_path.endswith(".py") else name_or_path
+    if name in shipped_configs():
+        return config_dir() / f"{name}.py"
+    names = ", ".join(shipped_configs())
+    hint = f" (the shipped config of that name is --config {file.stem})" \
+        if file.stem in shipped_configs() else ""
+    raise UserError(f"{name_or_path}: no such config file{hint}; give a path to a .py config "
+                    f"or one of the shipped configs: {names}")
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Run `path`'s get_config(), then apply overrides like `--config.train.steps=100`."""
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise UserError(f"{path}: no such config file")
+    """Run the config file's get_config() (`path`, or a shipped config's name), then apply
+    overrides like `--config.train.steps=100`."""
+    file = resolve_config(path)
     spec = importlib.util.spec_from_file_location(f"roberta_jax_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -138,9 +169,11 @@ def apply_override(config, override: str) -> None:
     current = node[leaf]
     try:
         value = _parse_like(raw, current)
-    except (ValueError, SyntaxError):
-        raise UserError(f"{override}: {raw!r} is not a valid {type(current).__name__}") from None
-    node[leaf] = value
+        node[leaf] = value
+    except (ValueError, SyntaxError, TypeError):
+        example = " like (1, 2)" if isinstance(current, tuple) else ""
+        raise UserError(f"{override}: {raw!r} is not a valid {type(current).__name__}"
+                        f"{example}") from None
 
 
 def _parse_like(raw: str, current):
@@ -156,5 +189,56 @@ def _parse_like(raw: str, current):
         return float(raw)
     if isinstance(current, str):
         return raw
-    return ast.literal_eval(raw)
+    value = ast.literal_eval(raw)
+    if isinstance(current, tuple) and isinstance(value, (int, float, str)):
+        return (value,)   # --config.seeds=3 means (3,)
+    if isinstance(current, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------- checks
+
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+NONFINITE_ACTIONS = ("skip", "stop")
+
+
+def check_pretrain_config(config) -> None:
+    """One line for each value a pretraining run cannot use, before anything starts."""
+    from roberta_jax.model import REMAT_POLICIES
+    if not all(section in config for section in ("model", "data", "train", "eval", "checkpoint")):
+        raise UserError("not a pretraining config (it has no model / data / train sections); "
+                        "use tiny, base, large or xlmr_base, or a file built on default_config()")
+    m, t = config.model, config.train
+    _check_choice("model.dtype", m.dtype, FLOAT_DTYPES)
+    _check_choice("model.param_dtype", m.param_dtype, FLOAT_DTYPES)
+    _check_choice("model.remat_policy", m.remat_policy, ("",) + REMAT_POLICIES,
+                  "\"\" (none), " + ", ".join(REMAT_POLICIES))
+    _check_choice("train.nonfinite", t.nonfinite, NONFINITE_ACTIONS)
+    for key, hint in (("train.log_every", ""), ("train.grad_accum", ""),
+                      ("eval.every_steps", " (leave data.eval_path empty to skip evaluation)"),
+                      ("eval.batches", " (leave data.eval_path empty to skip evaluation)"),
+                      ("checkpoint.every_steps", " (the last step is always saved too)")):
+        section, field = key.split(".")
+        value = config[section][field]
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{key}={value!r}: must be a whole number of at least 1{hint}")
+
+
+def check_finetune_config(config) -> None:
+    """One line for each value a fine-tuning run cannot use, before anything starts."""
+    if "task" not in config or "model" in config:
+        raise UserError("not a fine-tuning config (it has no task field); use glue, or a file "
+                        "built like it")
+    _check_choice("dtype", config.dtype, FLOAT_DTYPES)
+    if not all(isinstance(s, int) for s in config.seeds):
+        raise UserError(f"seeds={config.seeds!r}: give whole numbers, e.g. --config.seeds='(1, 2)'")
+    for key in ("lr", "batch_size", "epochs", "max_length"):
+        if config[key] < 0:
+            raise UserError(f"{key}={config[key]!r}: must not be negative (0 = the task's recipe)")
+
+
+def _check_choice(key: str, value, choices, described: str | None = None) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value!r} is not one of {described or ', '.join(choices)}")
 

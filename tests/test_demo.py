@@ -1,25 +1,61 @@
-"""The demo runs end to end at a very small size, and an interrupted demo resumes."""
+"""The demo runs end to end at a very small size, an interrupted demo resumes, and its report is
+rebuilt from what the workdir holds, whatever the number of runs."""
 
 import json
+import re
 
 import pytest
 
+from roberta_jax import demo
 from roberta_jax.demo import run_demo
 
 
-def test_demo_runs_end_to_end_small_and_resumes(tmp_path, capsys):
+def test_demo_runs_end_to_end_small_and_resumes(tmp_path, capsys, monkeypatch):
     pytest.importorskip("transformers")
+    reload_in_transformers = demo._reload_in_transformers
+
+    def interrupted(work):
+        raise KeyboardInterrupt  # Ctrl-C after every stage that trains is done
+
+    monkeypatch.setattr(demo, "_reload_in_transformers", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(str(tmp_path), minutes=0.05, max_documents=700, finetune_epochs=1)
+    classifier_results = (tmp_path / "classifier" / "results.json").read_text()
+    monkeypatch.setattr(demo, "_reload_in_transformers", reload_in_transformers)
+
+    # The second run finds every stage done and redoes none of the training.
+    capsys.readouterr()
     result = run_demo(str(tmp_path), minutes=0.05, max_documents=700, finetune_epochs=1)
-    report = (tmp_path / "report.md").read_text()
-    assert "held-out MLM loss" in report and "majority class" in report
-    assert (tmp_path / "pretrain" / "loss.png").is_file() and (tmp_path / "finetune.png").is_file()
-    for agreement in result["transformers"].values():
-        assert agreement["max_abs_diff"] < 1e-4 and agreement["same_token_ids"]
+    out = capsys.readouterr().out
+    assert "already trained" in out and "every shard was already done" in out
+    assert (tmp_path / "classifier" / "results.json").read_text() == classifier_results
     steps = json.loads((tmp_path / "plan.json").read_text())["steps"]
     assert result["pretrain"]["step"] == steps
-    # A second run finds every stage done and redoes none of the training.
-    capsys.readouterr()
-    again = run_demo(str(tmp_path), minutes=0.05, max_documents=700, finetune_epochs=1)
-    out = capsys.readouterr().out
-    assert "already trained" in out and "resuming" in out
-    assert again["classification"]["accuracy"] == result["classification"]["accuracy"]
+    for agreement in result["transformers"].values():
+        assert agreement["max_abs_diff"] < 1e-4 and agreement["same_token_ids"]
+    assert (tmp_path / "pretrain" / "loss.png").is_file() and (tmp_path / "finetune.png").is_file()
+
+    # The report's figures come from metrics.jsonl, not from what this run happened to do.
+    report = (tmp_path / "report.md").read_text()
+    assert "nan" not in report, report
+    metrics = [json.loads(line) for line in
+               (tmp_path / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    held_out = [m for m in metrics if "eval_loss" in m][-1]
+    assert f"| held-out MLM loss | {held_out['eval_loss']:.2f} |" in report
+    assert f"{steps} steps of" in report
+    # Wall time: both runs, the interrupted one included.
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r["finished"] for r in runs] == [False, True]
+    minutes = float(re.search(r"Wall time: ([\d.]+) minutes over 2 runs \(1 interrupted\)",
+                              report).group(1))
+    assert minutes == pytest.approx(sum(r["seconds"] for r in runs) / 60, abs=0.06)
+
+    # The held-out accuracy is the test score of the epoch the dev set picked; the two sets
+    # share no docstring.
+    summary = json.loads(classifier_results)
+    dev = set((tmp_path / "classify_dev.jsonl").read_text().splitlines())
+    test = set((tmp_path / "classify_test.jsonl").read_text().splitlines())
+    assert dev and test and not dev & test
+    assert result["classification"]["accuracy"] == summary["test"]["test_accuracy"]
+    assert f"| fine-tuned from the pretrained encoder | {summary['test']['test_accuracy']:.3f} |" \
+        in report

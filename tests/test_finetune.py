@@ -2,6 +2,7 @@
 tfds mock data, as do local files."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -78,7 +79,8 @@ def test_the_other_glue_tasks_run_end_to_end_on_tfds_mock_data(small_model, tmp_
     assert {line.split("\t")[1] for line in lines[1:]} <= set(tasks.GLUE[task].labels)
 
 
-def test_local_files_fine_tune_and_resume(small_model, tmp_path, capsys):
+def test_local_files_fine_tune_and_resume(small_model, tmp_path, caplog, monkeypatch):
+    from roberta_jax import finetune as finetune_module
     from roberta_jax.finetune import finetune
     rows = [{"text": f"sentence {i} is {'good' if i % 2 else 'bad'}", "label": "pos" if i % 2
              else "neg"} for i in range(40)]
@@ -86,11 +88,21 @@ def test_local_files_fine_tune_and_resume(small_model, tmp_path, capsys):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
     overrides = ["--config.task=local", f"--config.train_file={tmp_path / 'train.jsonl'}",
                  f"--config.eval_file={tmp_path / 'dev.jsonl'}", f"--config.init={small_model}",
-                 "--config.seeds=(3,)", "--config.batch_size=8", "--config.max_length=32"]
-    finetune(load_config(str(ROOT / "configs" / "glue.py"), overrides + ["--config.epochs=1"]),
-             tmp_path / "w")
-    summary = finetune(load_config(str(ROOT / "configs" / "glue.py"),
-                                   overrides + ["--config.epochs=2"]), tmp_path / "w")
+                 "--config.seeds=(3,)", "--config.batch_size=8", "--config.max_length=32",
+                 "--config.epochs=2"]
+    save = finetune_module.Checkpointer.save
+
+    def save_then_interrupt(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        raise KeyboardInterrupt  # Ctrl-C right after the first epoch's checkpoint
+
+    caplog.set_level(logging.INFO, logger="roberta_jax")
+    monkeypatch.setattr(finetune_module.Checkpointer, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_config(str(ROOT / "configs" / "glue.py"), overrides), tmp_path / "w")
+    monkeypatch.setattr(finetune_module.Checkpointer, "save", save)
+    summary = finetune(load_config(str(ROOT / "configs" / "glue.py"), overrides), tmp_path / "w")
+    assert "seed 3: resumed after epoch 1" in caplog.text
     assert [h["epoch"] for h in summary["per_seed"]["3"]["history"]] == [1, 2]
     config = json.loads((tmp_path / "w" / "seed3" / "best" / "config.json").read_text())
     assert set(config["id2label"].values()) == {"pos", "neg"}

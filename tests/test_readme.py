@@ -1,4 +1,4 @@
-"""README.md's Python example runs as written (on a local directory built here)."""
+"""README.md's Python examples run as written (on a local directory built here)."""
 
 import pathlib
 import re
@@ -20,5 +20,13 @@ def test_readme_example_runs_offline(tmp_path, capsys):
 
     block = re.search(r"```python\n(import roberta_jax as rj\n.*?)```", README.read_text(), re.S)
     code = block.group(1).replace("path/to/roberta-base", str(model_dir))
-    exec(compile(code, "README.md", "exec"), {})
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
     assert "(1, 16, 24)" in capsys.readouterr().out
+
+    # The export example that follows it writes the tokenizer too, as the README says.
+    export = re.search(r"```python\n(rj\.save_pretrained\(.*?)```", README.read_text(), re.S)
+    exec(compile(export.group(1).replace('"exported/"', repr(str(tmp_path / "exported"))),
+                 "README.md", "exec"), namespace)
+    reloaded = namespace["rj"].load_tokenizer(tmp_path / "exported")
+    assert reloaded.encode("an example sentence") == tokenizer.encode("an example sentence")

@@ -46,18 +46,44 @@ def read_examples(source: str, text_field: str, pair_field: str | None, label_fi
     pairs = [str(r[pair_field]) for r in rows] if pair_field else None
     ids = [r.get(id_field, i) for i, r in enumerate(rows)]
     labels = None
-    if label_field is not None and all(r.get(label_field) not in (None, "", -1) for r in rows):
+    # tfds marks unlabelled (test) examples with -1 (-1.0 for STS-B); in a local file -1 is a
+    # label like any other (a score, or a class such as -1 / +1).
+    unlabelled = (None, "", -1) if source.startswith("tfds:") else (None, "")
+    missing = [i for i, r in enumerate(rows) if label_field and r.get(label_field) in unlabelled]
+    if label_field is not None and missing and len(missing) < len(rows) \
+            and not source.startswith("tfds:"):
+        raise UserError(f"{source}: example {missing[0] + 1} has no {label_field!r} but others "
+                        "do; label every example (or none, for a test file)")
+    if label_field is not None and not missing:
         raw = [r[label_field] for r in rows]
         if regression:
-            labels = np.asarray([float(x) for x in raw], np.float32)
+            labels = _scores(raw, source, label_field)
         else:
             labels, label_names = _label_ids(raw, label_names, source)
     return Examples(texts, pairs, labels, ids), label_names
 
 
+def _scores(raw, source, label_field) -> np.ndarray:
+    try:
+        return np.asarray([float(x) for x in raw], np.float32)
+    except (TypeError, ValueError):
+        bad = next(i for i, x in enumerate(raw) if not _is_number(x))
+        raise UserError(f"{source}: example {bad + 1} has {label_field!r} {raw[bad]!r}, not a "
+                        "number (a regression task needs scores)") from None
+
+
+def _is_number(x) -> bool:
+    try:
+        float(x)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
 def _label_ids(raw, names, source):
-    as_ints = all(isinstance(x, (int, np.integer)) for x in raw)
-    if as_ints:  # class ids already (tfds ClassLabel)
+    as_ints = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in raw) \
+        and min(raw) >= 0
+    if as_ints:  # class ids already (tfds ClassLabel, or 0 / 1 / ... in a file)
         names = names or [str(i) for i in range(int(max(raw)) + 1)]
         if max(raw) >= len(names) or min(raw) < 0:
             raise UserError(f"{source}: label id {max(raw)} is outside the {len(names)} labels "

@@ -107,10 +107,11 @@ def prepare(inputs: list[str], tokenizer_path: str, output: str, *, doc_format: 
         raise
     _complete_indexes(out, manifest, indexes, progress)
     totals = manifest["totals"]
-    rate = tokens_this_run / max(elapsed, 1e-9)
+    this_run = "every shard was already done" if not todo else (
+        f"{tokens_this_run / max(elapsed, 1e-9):,.0f} tokens/s this run, {workers} "
+        f"worker{'s' if workers > 1 else ''}")
     print(f"prepared {totals['tokens']:,} tokens in {totals['documents']:,} documents, "
-          f"{len(manifest['shards'])} shards -> {fs.as_str(out)} ({rate:,.0f} tokens/s this "
-          f"run, {workers} worker{'s' if workers > 1 else ''})")
+          f"{len(manifest['shards'])} shards -> {fs.as_str(out)} ({this_run})")
     return manifest
 
 
