@@ -263,6 +263,8 @@ def abstract_batch(config, rows: int) -> dict:
             "masked_positions": ((rows, slots), jnp.int32),
             "masked_labels": ((rows, slots), jnp.int32),
             "masked_weights": ((rows, slots), jnp.float32)}
+    if config.model.document_attention:
+        spec["segment_ids"] = ((rows, length), jnp.int32)
     return {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
 
 
@@ -350,7 +352,7 @@ def plan(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, config_name: str = 
                "masked_positions": np.zeros((1, slots), np.int32)}
     with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
         _, abstract, shardings = train.build_state(config, mesh, model, tx, example)
-        lowered = train.jit_train_step(train_step, shardings, mesh).lower(
+        lowered = train.jit_train_step(train_step, shardings, mesh, config).lower(
             abstract, abstract_batch(config, train_cfg.batch_size))
     params, opt_state = _shard_bytes(abstract.params), _shard_bytes(abstract.opt_state)
     memory = {"params": params, "optimizer_state": opt_state, "hbm": slice_.hbm_bytes,

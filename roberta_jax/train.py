@@ -39,7 +39,7 @@ from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import print_above, progress_bar
-from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config
+from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config, default_config
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)
@@ -110,8 +110,11 @@ def check_workdir_config(workdir, config) -> None:
             _keep_tokenizer(workdir, config)
         return
     previous = json.loads(saved.read_text())
+    defaults = json.loads(default_config().to_json())
     for k in STATE_DEFINING:
         before, now = _dig(previous, k), _dig(current, k)
+        if before == {}:  # a workdir from before the field existed ran with its default
+            before = _dig(defaults, k)
         if k in PATH_FIELDS and before and now and fs.same_path(before, now):
             continue
         if before == now:
@@ -164,8 +167,11 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
     vocab_bias = jnp.where(jnp.arange(vocab) < real_vocab, 0.0, -1e9).astype(jnp.float32)
 
     def mlm_sums(params, batch, dropout_key, deterministic):
-        out = model.apply({"params": params}, batch["input_ids"],
-                          attention_mask=batch["attention_mask"],
+        # With document attention a packed row's documents do not see each other and count
+        # their positions from the start (segment ids); otherwise the padding mask alone.
+        rows = {"segment_ids": batch["segment_ids"]} if "segment_ids" in batch else \
+            {"attention_mask": batch["attention_mask"]}
+        out = model.apply({"params": params}, batch["input_ids"], **rows,
                           masked_positions=batch["masked_positions"],
                           deterministic=deterministic,
                           rngs=None if deterministic else {"dropout": dropout_key})
@@ -268,10 +274,10 @@ def build_state(config, mesh, model: RobertaForMaskedLM, tx, example_batch):
     return init_sharded, abstract, shardings
 
 
-def jit_train_step(train_step, shardings, mesh):
+def jit_train_step(train_step, shardings, mesh, config):
     """The train step as pretrain runs it: state sharded as built, batch split over the batch
     axes, metrics replicated, the old state's buffers donated to the new one."""
-    batch_shardings = {k: shd.batch_sharding(mesh) for k in _TRAIN_KEYS}
+    batch_shardings = {k: shd.batch_sharding(mesh) for k in train_keys(config)}
     return jax.jit(train_step, in_shardings=(shardings, batch_shardings),
                    out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
 
@@ -368,7 +374,8 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
         batches = PretrainingBatches(
             config.data.path, train.batch_size, train.seq_len, train.seed,
             config.data.mask_prob, config.data.packing, jax.process_index(),
-            jax.process_count(), config.data.masking)
+            jax.process_count(), config.data.masking,
+            segment_ids=config.model.document_attention)
         agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
                               f"give every host the same prepared data at {config.data.path}")
         eval_batches = None
@@ -377,7 +384,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                 config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
                 mask_prob=config.data.mask_prob, packing=config.data.packing,
                 process_index=jax.process_index(), process_count=jax.process_count(),
-                masking=config.data.masking)
+                masking=config.data.masking, segment_ids=config.model.document_attention)
         tokenizer_info = batches.corpus.manifest["tokenizer"]
         real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
             else config.model.vocab_size
@@ -400,8 +407,9 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                                     async_save=config.checkpoint.async_save)
         state = restore_or_init(checkpointer, config, init_sharded, abstract, shardings,
                                 model_cfg)
-        batch_shardings = {k: shd.batch_sharding(mesh) for k in _TRAIN_KEYS}
-        jit_train = jit_train_step(train_step, shardings, mesh)
+        keys = train_keys(config)
+        batch_shardings = {k: shd.batch_sharding(mesh) for k in keys}
+        jit_train = jit_train_step(train_step, shardings, mesh, config)
         jit_eval = jax.jit(eval_step, in_shardings=(shardings.params, batch_shardings),
                            out_shardings=shd.replicated(mesh))
 
@@ -426,7 +434,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
     def evaluate(params, step):
         sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
         for i in range(config.eval.batches):
-            local = {k: v for k, v in eval_batches.batch(i).items() if k in _TRAIN_KEYS}
+            local = {k: v for k, v in eval_batches.batch(i).items() if k in keys}
             out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         loss = sums["loss_sum"] / max(sums["weight"], 1.0)
@@ -454,7 +462,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                     log.warning("%s: saving step %d and stopping; run the same command again "
                                 "to resume", preemption.reason, step)
                     break
-                local = {k: v for k, v in next(stream).items() if k in _TRAIN_KEYS}
+                local = {k: v for k, v in next(stream).items() if k in keys}
                 state, metrics = jit_train(state, shd.global_batch(local, mesh))
                 pending.append(metrics)  # device arrays: no host sync until the log point
                 done = step + 1
@@ -502,8 +510,10 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
     return last
 
 
-_TRAIN_KEYS = ("input_ids", "attention_mask", "masked_positions", "masked_labels",
-               "masked_weights")
+def train_keys(config) -> tuple[str, ...]:
+    """The batch arrays the train step takes."""
+    keys = ("input_ids", "attention_mask", "masked_positions", "masked_labels", "masked_weights")
+    return keys + (("segment_ids",) if config.model.document_attention else ())
 
 
 def _summarise(fetched, elapsed, tokens_per_step, flops_per_token, peak_total) -> dict:

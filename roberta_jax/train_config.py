@@ -41,6 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.remat_policy = ""                 # "", "full", or a jax.checkpoint_policies name
     m.attention_implementation = "eager"  # or "jax" / "cudnn": jax.nn.dot_product_attention
     m.init_from = ""                    # start from these weights (HF dir / fairseq / export)
+    # True: in a packed row each document attends only to itself, its positions counted from
+    # its own start (segment ids from the </s> that ends each document). Off in the paper.
+    m.document_attention = False
 
     c.data = d = ml_collections.ConfigDict()
     d.path = ""                         # a directory written by `roberta-jax prepare`
@@ -103,7 +106,8 @@ STATE_DEFINING = ("model.vocab_size", "model.vocab_multiple", "model.hidden_size
                   "model.intermediate_size", "model.max_position_embeddings",
                   "model.param_dtype", "train.weight_decay_mask", "train.clip_norm",
                   "data.path", "train.batch_size", "train.seq_len", "train.seed",
-                  "data.packing", "data.mask_prob", "data.masking")
+                  "data.packing", "data.mask_prob", "data.masking",
+                  "model.document_attention")
 
 
 def config_dir() -> pathlib.Path:

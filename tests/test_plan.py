@@ -290,13 +290,16 @@ def test_activations_too_big_are_reported_with_xla_s_figures(capsys):
     assert "DOES NOT FIT: temporaries need" in out and "usable" in out and "grad_accum" in out
 
 
-def test_abstract_batch_is_the_pipeline_s_batch(prepared_corpus):
+@pytest.mark.parametrize("documents", [False, True])
+def test_abstract_batch_is_the_pipeline_s_batch(prepared_corpus, documents):
     from roberta_jax.data.pipeline import PretrainingBatches
-    from roberta_jax.train import _TRAIN_KEYS
-    config = tiny("--config.train.batch_size=4", "--config.train.seq_len=64")
-    real = PretrainingBatches(prepared_corpus[0], 4, 64, 0).batch(0)
+    from roberta_jax.train import train_keys
+    config = tiny("--config.train.batch_size=4", "--config.train.seq_len=64",
+                  f"--config.model.document_attention={documents}")
+    real = PretrainingBatches(prepared_corpus[0], 4, 64, 0, segment_ids=documents).batch(0)
     abstract = plan_module.abstract_batch(config, 4)
-    assert set(abstract) == set(_TRAIN_KEYS)
+    assert set(abstract) == set(train_keys(config))
+    assert ("segment_ids" in abstract) == documents
     for key, value in abstract.items():
         assert (value.shape, value.dtype) == (real[key].shape, real[key].dtype), key
 
