@@ -293,13 +293,13 @@ examples:
                    "own devices, to check a plan against a real run)")
     p.add_argument("--num-slices", type=int, default=1, metavar="N",
                    help="N such slices joined over the data-center network (multislice); the "
-                   "mesh's data axis spans them (mesh.dcn_data)")
+                   "mesh's data axis spans them (mesh.dcn_data; default: 1)")
     p.add_argument("--search", action="store_true",
                    help="try mesh shapes (data / fsdp / tensor), remat policies and grad_accum, "
                    "compiling each, and list what fits, fastest estimate first (fewest compiled "
                    "FLOPs, then fewest collective bytes)")
     p.add_argument("--max-compiles", type=int, default=12, metavar="N",
-                   help="--search: stop after N compiles (each takes seconds to minutes)")
+                   help="--search: stop after N compiles (each takes seconds to minutes; default: 12)")
     p.add_argument("--mfu", type=float, default=0.4,
                    help="model FLOPs utilisation assumed for the step time (default 0.4)")
     p.add_argument("--json", action="store_true",

@@ -238,8 +238,10 @@ class Predictor:
 
 def predict(model_dir: str, records: list[dict], text_field: str = "text",
             pair_field: str | None = None, batch_size: int = 32, top_k: int = 5,
-            allow_no_answer: bool = False, out=sys.stdout, output: str | None = None) -> None:
-    """One JSON line per record, to `out`, or to the file `output` (written once complete)."""
+            allow_no_answer: bool = False, out=None, output: str | None = None) -> None:
+    """One JSON line per record, to `out` (default: sys.stdout as it is at the call), or to the
+    file `output` (written once complete)."""
+    out = sys.stdout if out is None else out
     if output is not None:
         lines = io.StringIO()
         predict(model_dir, records, text_field, pair_field, batch_size, top_k, allow_no_answer,

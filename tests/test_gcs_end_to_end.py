@@ -1,5 +1,6 @@
 """End to end on gs://, against a real GCS API (the emulator of tests/gcs_emulator.py, which
-every client library is pointed at): pretrain with 2 processes into a gs:// workdir -> SIGKILL
+every client library is pointed at): prepare a corpus on the bucket into the bucket -> pretrain
+with 2 processes into a gs:// workdir -> SIGKILL
 -> resume (on one process) -> export to gs:// -> fine-tune from it (--config.init=gs://...)
 into a gs:// workdir -> predict from that model into a gs:// file. Nothing becomes a local
 folder."""
@@ -15,6 +16,7 @@ import jax
 from roberta_jax import cli, fs
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.convert.hf import TOKENIZER_FILES
+from roberta_jax.data import prepare
 from roberta_jax.train import pretrain, read_metrics
 from roberta_jax.train_config import load_config
 
@@ -41,12 +43,16 @@ def test_pretrain_kill_resume_export_finetune_predict_all_on_gs(prepared_corpus,
     monkeypatch.chdir(tmp_path)
     root = f"{gcs_bucket}/end_to_end"
     workdir = f"{root}/pretrain"
-    # ------------------------------------------------------------------------------------
-    # DATA, local for now: the prepared shards and the corpus are read from local disk.
-    # When the data side reads buckets, put them on gs:// here (prepare --output
-    # {root}/prepared, then data.path={root}/prepared).
-    prepared = prepared_corpus[0]
-    # ------------------------------------------------------------------------------------
+    # The data on the bucket too: a slice of the corpus's text and the tokenizer uploaded,
+    # then prepared from gs:// into gs:// (each host then reads only its rows, ranged GETs).
+    text = (prepared_corpus[0].parent / "train.txt").read_text(encoding="utf-8")
+    fs.as_path(f"{root}/corpus/train.txt").write_text(text[:text.index("\n\n", 150_000)] + "\n")
+    fs.copy_tree(prepared_corpus[2], f"{root}/tokenizer")
+    prepared = f"{root}/prepared"
+    # (the library call: cli.main would take over the roberta_jax logger that caplog reads)
+    prepare([f"{root}/corpus/*.txt"], f"{root}/tokenizer", prepared, doc_format="paragraphs",
+            workers=1, seq_lens=(32,), progress=False)
+    assert (fs.as_path(prepared) / "manifest.json").exists()
     args = pretrain_args(workdir, prepared, STEPS, "--config.checkpoint.every_steps=2",
                          "--config.distributed.preemption_check_every=4")
 
