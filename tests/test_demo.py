@@ -49,7 +49,8 @@ def test_demo_runs_end_to_end_small_and_resumes(tmp_path, capsys, monkeypatch):
     assert [r["finished"] for r in runs] == [False, True]
     minutes = float(re.search(r"Wall time: ([\d.]+) minutes over 2 runs \(1 interrupted\)",
                               report).group(1))
-    assert minutes == pytest.approx(sum(r["seconds"] for r in runs) / 60, abs=0.06)
+    # The report is written a few seconds before the run's record ends, and rounds to 0.1.
+    assert minutes == pytest.approx(sum(r["seconds"] for r in runs) / 60, abs=0.15)
 
     # The held-out accuracy is recomputed here: transformers runs the exported best classifier
     # on the held-out docstrings; its labels are the run's predictions.tsv, and their accuracy
