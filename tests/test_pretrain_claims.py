@@ -55,8 +55,8 @@ def test_keep_period_keeps_every_kth_checkpoint_beside_the_newest(four_micro_bat
     assert steps == [3, 6, STEPS]
 
 
-# Observed on CPU: per-step losses within 0.01 of fp32's (losses ~6.9).
-BF16_LOSS_TOLERANCE = 0.05
+# Observed on CPU: per-step losses within 5e-4 of fp32's (losses ~6.9, 8 steps).
+BF16_LOSS_TOLERANCE = 0.02
 
 
 def test_bf16_training_trains_and_stays_close_to_fp32(prepared_corpus, tmp_path, fp32_batch_of_8):
