@@ -35,6 +35,9 @@ def _saved_state(seed_dir):
     return state, meta, epoch
 
 
+# Three fine-tuning runs, each compiling its steps: 1-2 minutes on 2 cores. CI's quicker
+# test_finetune.py::test_local_files_fine_tune_and_resume covers the resume path itself.
+@pytest.mark.slow
 def test_a_resumed_fine_tuning_equals_an_uninterrupted_one(small_model, tmp_path, monkeypatch):
     from roberta_jax import finetune as finetune_module
     from roberta_jax.finetune import finetune
