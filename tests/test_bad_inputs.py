@@ -99,6 +99,9 @@ CASES = {
         ["train-tokenizer", "--input", f"{w}/text.txt", "--vocab-size", "50", "--output",
          f"{w}/full"], "not empty"),
     # prepare
+    "prepare: missing input": lambda w, d, t: (
+        ["prepare", "--input", f"{w}/nope.txt", "--tokenizer", str(t), "--output", f"{w}/o"],
+        "nope.txt: no such file"),
     "prepare: glob matches nothing": lambda w, d, t: (
         ["prepare", "--input", f"{w}/*.nothing", "--tokenizer", str(t), "--output", f"{w}/o"],
         "no files match"),
@@ -108,6 +111,12 @@ CASES = {
     "prepare: empty corpus": lambda w, d, t: (
         ["prepare", "--input", f"{w}/empty.txt", "--tokenizer", str(t), "--output", f"{w}/o",
          "--workers", "1"], "empty corpus"),
+    "prepare: not UTF-8": lambda w, d, t: (
+        ["prepare", "--input", f"{w}/latin1.txt", "--tokenizer", str(t), "--output", f"{w}/o",
+         "--workers", "1"], "latin1.txt: not UTF-8"),
+    "prepare: tokenizer missing": lambda w, d, t: (
+        ["prepare", "--input", f"{w}/text.txt", "--tokenizer", f"{w}/nothing", "--output",
+         f"{w}/o"], "nothing: no such tokenizer"),
     "prepare: tokenizer is not one": lambda w, d, t: (
         ["prepare", "--input", f"{w}/text.txt", "--tokenizer", f"{w}/text.txt", "--output",
          f"{w}/o"], "not a tokenizer"),
@@ -171,10 +180,29 @@ CASES = {
     # export
     "export: not a workdir": lambda w, d, t: (
         ["export", "--workdir", f"{w}/full", "--output", f"{w}/o"], "not a pretraining workdir"),
+    # predict
+    "predict: model missing": lambda w, d, t: (
+        ["predict", "--model", f"{w}/nope", "--input", f"{w}/train.jsonl"], "nope: no such"),
+    "predict: model without a tokenizer": lambda w, d, t: (
+        ["predict", "--model", f"{w}/hf", "--input", f"{w}/train.jsonl"], "no tokenizer files"),
+    # plan
+    "plan: missing config": lambda w, d, t: (
+        ["plan", "--config", f"{w}/nope.py", "--topology", "v5p:2x2x1"], "no such config"),
+    # demo
+    "demo: workdir is a file": lambda w, d, t: (
+        ["demo", "--workdir", f"{w}/a_file", "--minutes", "0.01"], "a_file"),
+}
+
+# Mistakes the commands do not yet answer with one line: each a bug, named.
+KNOWN_BUGS = {
+    "demo: workdir is a file": "bug: demo --workdir naming a file ends in a FileExistsError "
+                               "traceback from os.mkdir, not one line",
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[c]))
+    if c in KNOWN_BUGS else c for c in CASES])
 def test_bad_input_one_line_nonzero_exit_nothing_left(world, capsys, case):
     w, train_dir, tokenizer = world
     argv, expected = CASES[case](w, train_dir, tokenizer)
@@ -196,5 +224,17 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(world, capsys, case):
     assert sorted(p.name for p in w.iterdir() if p.name != "run") == [b for b in before if b != "run"]
 
 
-def test_the_catalogue_is_at_least_25_mistakes():
-    assert len(CASES) >= 25
+# Arguments that name a user's file or directory.
+PATH_ARGUMENTS = {"src", "dst", "input", "output", "workdir", "config", "model", "tokenizer"}
+
+
+def test_every_command_that_reads_or_writes_the_users_files_has_a_mistake_in_the_catalogue():
+    import argparse
+    from roberta_jax.cli import build_parser
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    taking_paths = sorted(name for name, parser in commands.items()
+                          if any(a.dest in PATH_ARGUMENTS for a in parser._actions))
+    assert {"convert", "prepare", "pretrain", "finetune", "predict", "export"} <= set(taking_paths)
+    covered = {case.split(":")[0] for case in CASES}
+    assert [c for c in taking_paths if c not in covered] == []

@@ -82,49 +82,92 @@ def test_a_head_the_checkpoint_lacks_is_initialised_and_the_encoder_kept(tmp_pat
 
 # ----------------------------------------------------------------------------------- fairseq
 
-def hf_to_fairseq(state, old_style):
-    """DESIGN A3 run backwards: Hugging Face names -> fairseq names (new or old style)."""
+# fairseq's RobertaModel module tree, written out from fairseq's modules (not from our
+# converter, nor from docs shared with it), each entry naming the transformers module that holds
+# the same tensor. fairseq/models/roberta/model.py: RobertaModel.encoder (RobertaEncoder; the
+# 2019 releases call it `decoder`) has `sentence_encoder` (TransformerEncoder) and `lm_head`
+# (RobertaLMHead), and RobertaModel has `classification_heads` (RobertaClassificationHead).
+FAIRSEQ_EMBEDDINGS = {  # TransformerEncoder's own modules -> RobertaEmbeddings
+    "embed_tokens": "word_embeddings",
+    "embed_positions": "position_embeddings",    # LearnedPositionalEmbedding, padding_idx 1
+    "layernorm_embedding": "LayerNorm",          # 2019 releases: "emb_layer_norm"
+}
+FAIRSEQ_LAYER = {  # TransformerEncoderLayer -> RobertaLayer
+    "self_attn.q_proj": "attention.self.query",  # 2019 releases: one fused self_attn.in_proj_*
+    "self_attn.k_proj": "attention.self.key",
+    "self_attn.v_proj": "attention.self.value",
+    "self_attn.out_proj": "attention.output.dense",
+    "self_attn_layer_norm": "attention.output.LayerNorm",
+    "fc1": "intermediate.dense",
+    "fc2": "output.dense",
+    "final_layer_norm": "output.LayerNorm",
+}
+FAIRSEQ_LM_HEAD = {"dense": "dense", "layer_norm": "layer_norm"}  # RobertaLMHead -> lm_head
+FAIRSEQ_CLASSIFIER = {"dense": "dense", "out_proj": "out_proj"}  # -> RobertaClassificationHead
+
+
+def _module(root, dotted):
+    for name in dotted.split("."):
+        root = getattr(root, name)
+    return root
+
+
+def fairseq_state(hf_mlm, old_style=False, classifier=None, head_name="sentence_classification_head"):
+    """The state dict fairseq's RobertaModel would save for the weights of `hf_mlm` (a
+    transformers RobertaForMaskedLM), plus `classifier`'s head (a RobertaClassificationHead)."""
     top = "decoder." if old_style else "encoder."
     se = top + "sentence_encoder."
-    out = OrderedDict()
-    layer_names = {
-        "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
-        "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
-        "attention.output.LayerNorm": "self_attn_layer_norm", "intermediate.dense": "fc1",
-        "output.dense": "fc2", "output.LayerNorm": "final_layer_norm"}
-    for key, value in state.items():
-        if key.startswith("roberta.encoder.layer."):
-            i, rest = key[len("roberta.encoder.layer."):].split(".", 1)
-            module, leaf = rest.rsplit(".", 1)
-            out[f"{se}layers.{i}.{layer_names[module]}.{leaf}"] = value
-        elif key == "roberta.embeddings.word_embeddings.weight":
-            out[se + "embed_tokens.weight"] = value
-            out[top + "lm_head.weight"] = value
-        elif key == "roberta.embeddings.position_embeddings.weight":
-            out[se + "embed_positions.weight"] = value
-        elif key.startswith("roberta.embeddings.LayerNorm."):
-            norm = "emb_layer_norm." if old_style else "layernorm_embedding."
-            out[se + norm + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("lm_head.") and not key.startswith("lm_head.decoder."):
-            out[top + key] = value  # the decoder is tied: fairseq stores it as lm_head.weight
-        elif key.startswith("classifier."):
-            out["classification_heads.sentence_classification_head." + key[11:]] = value
-    if old_style:  # fuse q, k, v into in_proj as fairseq did before 2020
-        for i in range(100):
-            p = f"{se}layers.{i}.self_attn."
-            if p + "q_proj.weight" not in out:
-                break
+    embeddings = hf_mlm.roberta.embeddings
+    state = OrderedDict()
+
+    def linear_or_norm(prefix, module):
+        state[prefix + "weight"] = module.weight.detach().clone()
+        state[prefix + "bias"] = module.bias.detach().clone()
+
+    for fairseq_name, hf_name in FAIRSEQ_EMBEDDINGS.items():
+        if old_style and fairseq_name == "layernorm_embedding":
+            fairseq_name = "emb_layer_norm"
+        module = getattr(embeddings, hf_name)
+        if fairseq_name.startswith("embed_"):
+            state[f"{se}{fairseq_name}.weight"] = module.weight.detach().clone()
+        else:
+            linear_or_norm(f"{se}{fairseq_name}.", module)
+    for i, layer in enumerate(hf_mlm.roberta.encoder.layer):
+        for fairseq_name, hf_name in FAIRSEQ_LAYER.items():
+            linear_or_norm(f"{se}layers.{i}.{fairseq_name}.", _module(layer, hf_name))
+        if old_style:  # MultiheadAttention before 2020: q, k, v stacked in that order
             for leaf in ("weight", "bias"):
-                out[p + "in_proj_" + leaf] = torch.cat(
-                    [out.pop(p + f"{n}_proj.{leaf}") for n in "qkv"])
-    return out
+                state[f"{se}layers.{i}.self_attn.in_proj_{leaf}"] = torch.cat(
+                    [state.pop(f"{se}layers.{i}.self_attn.{n}_proj.{leaf}") for n in "qkv"])
+    if not old_style:
+        state[se + "version"] = torch.tensor([3.0])  # TransformerEncoder's registered buffer
+    for fairseq_name, hf_name in FAIRSEQ_LM_HEAD.items():
+        linear_or_norm(f"{top}lm_head.{fairseq_name}.", getattr(hf_mlm.lm_head, hf_name))
+    # RobertaLMHead.weight is the embedding matrix itself (tied); its bias is its own.
+    state[top + "lm_head.weight"] = embeddings.word_embeddings.weight.detach().clone()
+    state[top + "lm_head.bias"] = hf_mlm.lm_head.bias.detach().clone()
+    if classifier is not None:
+        for fairseq_name, hf_name in FAIRSEQ_CLASSIFIER.items():
+            linear_or_norm(f"classification_heads.{head_name}.{fairseq_name}.",
+                           getattr(classifier, hf_name))
+    return state
+
+
+def test_the_fairseq_fixture_uses_every_transformers_tensor_once():
+    """The table above is complete: every weight of the transformers model lands in exactly one
+    fairseq entry (token types excepted: fairseq has none; the decoder is tied to embedding and bias)."""
+    hf_model = make_hf_model("masked-lm")
+    state = fairseq_state(hf_model)
+    wanted = {name: value for name, value in hf_model.state_dict().items()
+              if "token_type" not in name and not name.startswith("lm_head.decoder.")}
+    # fairseq's extra entries: lm_head.weight (the embedding again) and the version buffer.
+    assert len(state) == len(wanted) + 2
+    for name, value in wanted.items():
+        assert any(v.shape == value.shape and torch.equal(v, value) for v in state.values()), name
 
 
 def write_fairseq(tmp_path, hf_model, old_style, with_head=False):
-    state = {k: v.clone() for k, v in hf_model.state_dict().items()}
-    fs_state = hf_to_fairseq(state, old_style)
-    if old_style:
-        fs_state["decoder.sentence_encoder.version"] = torch.tensor([2.0])
+    fs_state = fairseq_state(hf_model, old_style)
     args = argparse.Namespace(arch="roberta_base", encoder_layers=2, encoder_embed_dim=24,
                               encoder_attention_heads=3, activation_fn="gelu", dropout=0.1,
                               attention_dropout=0.1, max_positions=38)
@@ -168,17 +211,13 @@ def test_fairseq_checkpoint_converts_and_matches(tmp_path, old_style):
 
 
 def test_fairseq_classification_head_converts(tmp_path):
+    # fairseq classification checkpoints also carry the LM head: one encoder, both heads.
     hf_model = make_hf_model("sequence-classification", num_labels=3)
+    hf_mlm = make_hf_model("masked-lm", seed=1)
     with torch.no_grad():
         hf_model.roberta.embeddings.token_type_embeddings.weight.zero_()
-    state = {k: v.clone() for k, v in hf_model.state_dict().items()}
-    # fairseq classification checkpoints also carry the LM head; give them one.
-    h = hf_model.config.hidden_size
-    state.update({"lm_head.dense.weight": torch.randn(h, h), "lm_head.dense.bias": torch.randn(h),
-                  "lm_head.layer_norm.weight": torch.randn(h),
-                  "lm_head.layer_norm.bias": torch.randn(h),
-                  "lm_head.bias": torch.randn(hf_model.config.vocab_size)})
-    fs = hf_to_fairseq(state, old_style=False)
+        hf_mlm.roberta.load_state_dict(hf_model.roberta.state_dict())
+    fs = fairseq_state(hf_mlm, classifier=hf_model.classifier, head_name="mnli")
     torch.save({"model": fs, "args": argparse.Namespace(encoder_attention_heads=3)},
                tmp_path / "model.pt")
     model, params = rj.from_pretrained(tmp_path / "model.pt", task="sequence-classification")
@@ -186,6 +225,10 @@ def test_fairseq_classification_head_converts(tmp_path):
     np.testing.assert_allclose(
         our_outputs(model, params, "sequence-classification", ids, mask)["logits"],
         hf_outputs(hf_model, "sequence-classification", ids, mask)["logits"], atol=1e-5, rtol=0)
+    model, params = rj.from_pretrained(tmp_path / "model.pt", task="masked-lm")
+    np.testing.assert_allclose(our_outputs(model, params, "masked-lm", ids, mask)["logits"],
+                               hf_outputs(hf_mlm, "masked-lm", ids, mask)["logits"],
+                               atol=1e-5, rtol=0)
 
 
 def test_dict_txt_of_another_model_is_refused(tmp_path):

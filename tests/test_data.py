@@ -258,20 +258,10 @@ def test_two_processes_rows_together_equal_the_one_process_batch(prepared):
 
 def test_bad_inputs_give_one_clear_error(corpus, prepared, tmp_path):
     root, _, tokenizer = corpus
-    spm = str(root / "spm")
     (tmp_path / "empty.txt").write_text("\n\n  \n")
-    (tmp_path / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02" * 100)
+    # prepare's own mistakes (missing, empty, binary, not UTF-8 inputs; missing tokenizer) are
+    # in the bad-input catalogue, tests/test_bad_inputs.py.
     cases = [
-        (lambda: prepare([str(tmp_path / "missing.txt")], spm, str(tmp_path / "o1")),
-         "no such file"),
-        (lambda: prepare([str(tmp_path / "*.nothing")], spm, str(tmp_path / "o2")),
-         "no files match"),
-        (lambda: prepare([str(tmp_path / "empty.txt")], spm, str(tmp_path / "o3"), workers=1,
-                         progress=False), "empty corpus"),
-        (lambda: prepare([str(tmp_path / "binary.bin")], spm, str(tmp_path / "o4")),
-         "binary file"),
-        (lambda: prepare([str(root / "lines.txt")], str(tmp_path / "nothing"),
-                         str(tmp_path / "o5")), "no such tokenizer"),
         (lambda: rj.data.check_compatible(prepared, tokenizer=_other_tokenizer(root, tmp_path)),
          "another tokenizer"),
         (lambda: rj.data.check_compatible(prepared, model_config=rj.RobertaConfig(
