@@ -34,6 +34,9 @@ def _stage(title: str) -> None:
 def run_demo(workdir: str, minutes: float = 4.0, max_documents: int | None = None,
              finetune_epochs: int = 4) -> dict:
     work = pathlib.Path(workdir)
+    if work.exists() and not work.is_dir():
+        from roberta_jax.errors import UserError
+        raise UserError(f"{work}: is a file; give --workdir a directory (new or a demo's)")
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     finished = False

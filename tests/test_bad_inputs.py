@@ -194,10 +194,7 @@ CASES = {
 }
 
 # Mistakes the commands do not yet answer with one line: each a bug, named.
-KNOWN_BUGS = {
-    "demo: workdir is a file": "bug: demo --workdir naming a file ends in a FileExistsError "
-                               "traceback from os.mkdir, not one line",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("case", [
