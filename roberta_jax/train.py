@@ -39,7 +39,7 @@ from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import print_above, progress_bar
-from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config, default_config
+from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)
@@ -97,6 +97,10 @@ def resolve_paths(config):
     return config
 
 
+# What a workdir started before a field existed ran with (its config.json lacks the field).
+BEFORE_THE_FIELD = {"model.document_attention": False}
+
+
 def check_workdir_config(workdir, config) -> None:
     """Remember the config in the workdir, and the tokenizer beside it; refuse a later run that
     changes the state's shape. Paths are compared by the place they name, not as text."""
@@ -110,11 +114,10 @@ def check_workdir_config(workdir, config) -> None:
             _keep_tokenizer(workdir, config)
         return
     previous = json.loads(saved.read_text())
-    defaults = json.loads(default_config().to_json())
     for k in STATE_DEFINING:
         before, now = _dig(previous, k), _dig(current, k)
-        if before == {}:  # a workdir from before the field existed ran with its default
-            before = _dig(defaults, k)
+        if before == {} and k in BEFORE_THE_FIELD:  # a workdir older than the field
+            before = BEFORE_THE_FIELD[k]
         if k in PATH_FIELDS and before and now and fs.same_path(before, now):
             continue
         if before == now:
