@@ -29,7 +29,7 @@ import numpy as np
 
 from roberta_jax import fs
 from roberta_jax.data import pack_examples as pack
-from roberta_jax.data.classification import bucket_length, read_rows
+from roberta_jax.data.rows import bucket_length, read_rows
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 

@@ -70,7 +70,7 @@ def read_squad(source: str, split: str = "train",
 
 
 def _file_examples(path: pathlib.Path) -> list[QAExample]:
-    from roberta_jax.data.classification import read_utf8
+    from roberta_jax.data.rows import read_utf8
     text = read_utf8(path)
     if not text.strip():
         raise UserError(f"{path}: empty file; give SQuAD json or jsonl records")

@@ -27,6 +27,7 @@ from roberta_jax import qa
 from roberta_jax.data import choices as choice_data
 from roberta_jax.data import classification as cls_data
 from roberta_jax.data import pack_examples as pack
+from roberta_jax.data import rows as row_data
 from roberta_jax.data import tokens as token_data
 
 IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
@@ -88,7 +89,7 @@ class Classification:
         return Split(data, encoded, len(encoded))
 
     def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
-        yield from cls_data.batches(split.features, split.data.labels, batch_size, pad_id,
+        yield from row_data.batches(split.features, split.data.labels, batch_size, pad_id,
                                     buckets, order, drop_last)
 
     def feature_sequences(self, split: Split, index) -> list[list[int]]:
@@ -268,7 +269,7 @@ class SpanQA:
         # Windows are already max_length long; no bucketing, so outputs stack across batches.
         f = split.features
         order = np.arange(split.size) if order is None else order
-        for rows, weights in cls_data.batch_rows(order, batch_size, drop_last):
+        for rows, weights in row_data.batch_rows(order, batch_size, drop_last):
             yield {"input_ids": f.input_ids[rows], "attention_mask": f.attention_mask[rows],
                    "start_positions": f.start_positions[rows],
                    "end_positions": f.end_positions[rows], "weights": weights, "index": rows}

@@ -15,7 +15,7 @@ import string
 
 import numpy as np
 
-from roberta_jax.data.classification import batch_rows, bucket_length, read_rows
+from roberta_jax.data.rows import batch_rows, bucket_length, read_rows
 from roberta_jax.data.tfds_records import read_tfds
 from roberta_jax.data.tokenizer import Tokenizer, pad_batch
 from roberta_jax.errors import UserError

@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from roberta_jax.data.classification import batches, read_rows, read_utf8
+from roberta_jax.data.rows import batches, read_rows, read_utf8
 from roberta_jax.data.tfds_records import read_tfds
 from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
@@ -183,7 +183,7 @@ def word_predictions(token_logits: np.ndarray, word_index: list[int], num_words:
 def token_batches(encoded: list[list[int]], labels: list[list[int]] | None, batch_size: int,
                   pad_id: int, buckets: tuple[int, ...], order: np.ndarray | None = None,
                   drop_last: bool = False):
-    """Fixed-size batches as classification.batches makes them, with labels [batch, length]
+    """Fixed-size batches as rows.batches makes them, with labels [batch, length]
     (IGNORED on padding) in place of one label per row."""
     return batches(encoded, labels, batch_size, pad_id, buckets, order, drop_last,
                    label_pad=IGNORED)
