@@ -197,11 +197,12 @@ class Predictor:
             yield {"tokens": words, "tags": tags, "entities": entities}
 
     def _answer(self, chunk, allow_no_answer, **_):
-        from roberta_jax import qa
-        examples = [qa.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
+        from roberta_jax.data import squad
+        from roberta_jax.task_kinds import decode_answers
+        examples = [squad.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
                                  str(_field(r, "context", n)), [], []) for n, r in chunk]
         length = min(self.limit, 384)
-        features = qa.make_features(self.tokenizer, examples, max_length=length,
+        features = squad.make_features(self.tokenizer, examples, max_length=length,
                                     stride=min(128, length // 4),
                                     max_query_length=min(64, length // 4))
         windows = [ids[:int(mask.sum())]
@@ -209,7 +210,7 @@ class Predictor:
         logits = self.run(windows, per_token=True)
         logits = np.pad(logits, [(0, 0), (0, length - logits.shape[1]), (0, 0)])
         # Only a model trained on SQuAD v2 has learnt to say "no answer" through the <s> logits.
-        decoded = qa.decode(examples, features, logits[..., 0], logits[..., 1],
+        decoded = decode_answers(examples, features, logits[..., 0], logits[..., 1],
                             version_2=allow_no_answer)
         for example in examples:
             best = decoded[example.id]

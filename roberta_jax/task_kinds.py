@@ -14,6 +14,7 @@ sequences to a row, and its loss takes either layout:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import pathlib
@@ -23,12 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax import metrics as metric_fns
-from roberta_jax import qa
 from roberta_jax.data import choices as choice_data
 from roberta_jax.data import classification as cls_data
 from roberta_jax.data import pack_examples as pack
 from roberta_jax.data import rows as row_data
+from roberta_jax.data import squad
 from roberta_jax.data import tokens as token_data
+from roberta_jax.errors import UserError
 
 IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
 
@@ -246,7 +248,7 @@ class SpanQA:
 
     def read(self, split: str, label_names):
         source, within = self.task.where(split)
-        examples = qa.read_squad(source, within, self.config.tfds_data_dir or None)
+        examples = squad.read_squad(source, within, self.config.tfds_data_dir or None)
         if any(not e.answers for e in examples) and split == "train":
             self.version_2 = True  # unanswerable questions: decode with a no-answer option
         return examples, None
@@ -261,7 +263,7 @@ class SpanQA:
         return 2  # a start and an end logit per token
 
     def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
-        features = qa.make_features(tokenizer, data, max_length, self.config.stride,
+        features = squad.make_features(tokenizer, data, max_length, self.config.stride,
                                     self.config.max_query_length)
         return Split(data, features, len(features.example_index))
 
@@ -306,16 +308,16 @@ class SpanQA:
         return jnp.stack([output.start_logits, output.end_logits], -1).astype(jnp.float32)
 
     def answers(self, split: Split, outputs) -> dict:
-        return qa.decode(split.data, split.features, outputs[..., 0], outputs[..., 1],
+        return decode_answers(split.data, split.features, outputs[..., 0], outputs[..., 1],
                          n_best=self.config.n_best, max_answer_length=self.config.max_answer_length,
                          version_2=self.version_2, null_threshold=self.config.null_threshold)
 
     def evaluate(self, split: Split, outputs, label_names) -> dict:
         decoded = self.answers(split, outputs)
-        scores = qa.evaluate(split.data, {k: v["text"] for k, v in decoded.items()})
+        scores = metric_fns.squad_scores(split.data, {k: v["text"] for k, v in decoded.items()})
         scores = {k: v for k, v in scores.items() if not k.endswith("_total")}
         if self.version_2:
-            scores["best_f1"], scores["best_f1_threshold"] = qa.best_null_threshold(
+            scores["best_f1"], scores["best_f1_threshold"] = metric_fns.best_null_threshold(
                 split.data, decoded)
         return scores
 
@@ -328,6 +330,79 @@ class SpanQA:
         if self.version_2:
             odds = {k: v["null_score"] - v["score"] for k, v in decoded.items()}
             path.with_name(path.stem + "_null_odds.json").write_text(json.dumps(odds) + "\n")
+
+
+def decode_answers(examples: list[squad.QAExample], features: squad.QAFeatures, start_logits,
+                   end_logits, n_best: int = 20, max_answer_length: int = 30,
+                   version_2: bool = False, null_threshold: float = 0.0) -> dict[str, dict]:
+    """SQuAD answers from the start / end logits of every window ([windows, max_length] each).
+    Per example id: {"text", "score", "null_score", "nbest"}.
+
+    Candidates are the top `n_best` start and end positions among the context tokens of every
+    window of the example, kept when end >= start and the span is at most `max_answer_length`
+    tokens; score = start + end logit, equal texts from overlapping windows counted once. The
+    null score is the lowest `<s>` score over the windows (the window most sure an answer is
+    there). With `version_2`, "" is predicted when null_score - best score > null_threshold.
+    The "score" of a "" prediction is the null score.
+    """
+    start_logits = np.asarray(start_logits, np.float32)
+    end_logits = np.asarray(end_logits, np.float32)
+    expected = features.input_ids.shape
+    if start_logits.shape != expected or end_logits.shape != expected:
+        raise UserError(f"QA logits have shapes {start_logits.shape} / {end_logits.shape}; the "
+                        f"features need {expected} (one row per window, one logit per token)")
+    if n_best < 1 or max_answer_length < 1:
+        raise UserError("n_best and max_answer_length must be at least 1")
+    windows_of = collections.defaultdict(list)
+    for w, index in enumerate(features.example_index):
+        windows_of[int(index)].append(w)
+    decoded = {}
+    for index, example in enumerate(examples):
+        windows = windows_of[index]
+        if not windows:
+            raise UserError(f"example {example.id!r} has no windows in these features; decode "
+                            "with the examples the features were made from")
+        null_score = min(float(start_logits[w, squad.NO_ANSWER] + end_logits[w, squad.NO_ANSWER])
+                         for w in windows)
+        nbest = _nbest(example.context, features.offsets, start_logits, end_logits, windows,
+                       n_best, max_answer_length)
+        answer_null = not nbest or version_2 and null_score - nbest[0]["score"] > null_threshold
+        decoded[example.id] = {
+            "text": "" if answer_null else nbest[0]["text"],
+            "score": null_score if answer_null else nbest[0]["score"],
+            "null_score": null_score, "nbest": nbest}
+    return decoded
+
+
+def _nbest(context, offsets, start_logits, end_logits, windows, n_best, max_answer_length):
+    candidates = []  # (score, window, start token, end token)
+    for w in windows:
+        in_context = np.array([o is not None for o in offsets[w]])
+        # The n best among the context's tokens: what the model says at question, special or
+        # padding tokens (which a packed row does not even compute) takes no candidate's place.
+        top_starts = np.argsort(-np.where(in_context, start_logits[w], -np.inf),
+                                kind="stable")[:n_best]
+        top_ends = np.argsort(-np.where(in_context, end_logits[w], -np.inf),
+                              kind="stable")[:n_best]
+        s, e = top_starts[:, None], top_ends[None, :]
+        valid = (in_context[s] & in_context[e] & (e >= s) & (e - s < max_answer_length))
+        for i, j in zip(*np.nonzero(valid)):
+            start, end = int(top_starts[i]), int(top_ends[j])
+            candidates.append((float(start_logits[w, start] + end_logits[w, end]), w, start, end))
+    candidates.sort(key=lambda c: -c[0])
+    nbest, seen = [], set()
+    for score, w, start, end in candidates:
+        begin, finish = offsets[w][start][0], offsets[w][end][1]
+        text = context[begin:finish]
+        if text in seen:
+            continue
+        seen.add(text)
+        nbest.append({"text": text, "start": begin, "end": finish,
+                      "start_logit": float(start_logits[w, start]),
+                      "end_logit": float(end_logits[w, end]), "score": score})
+        if len(nbest) == n_best:
+            break
+    return nbest
 
 
 # ==================================================================================== choice

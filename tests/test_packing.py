@@ -247,8 +247,7 @@ def _qa_loss_over_own_tokens(model, params, batch):
 # ------------------------------------------------------------------------------- evaluation
 
 def _eval_split(kind_name, tokenizer):
-    from roberta_jax import qa
-    from roberta_jax.data import choices, classification, tokens
+    from roberta_jax.data import choices, classification, squad, tokens
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     rng = np.random.default_rng(3)
     sentences = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(21)]
@@ -259,8 +258,8 @@ def _eval_split(kind_name, tokenizer):
         split = [s.split() for s in sentences]
         return tokens.TokenExamples(split, [list(rng.choice(tags, len(w))) for w in split])
     if kind_name == "qa":
-        return [qa.QAExample(str(i), sentences[i], " ".join(sentences[i + 1:i + 5]),
-                             [sentences[i + 1]], [0]) for i in range(15)]
+        return [squad.QAExample(str(i), sentences[i], " ".join(sentences[i + 1:i + 5]),
+                                [sentences[i + 1]], [0]) for i in range(15)]
     return choices.ChoiceExamples(sentences[:7], sentences[7:14],
                                   [[a, b, c] for a, b, c in zip(sentences, sentences[5:],
                                                                 sentences[9:])][:7],
