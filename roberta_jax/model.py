@@ -682,8 +682,9 @@ class RobertaForMultipleChoice(_Head):
                                     batch, choices, length, -1))
 
 
-# Task name -> (module class, Hugging Face architecture name). One source of truth for both.
-TASKS: dict[str, tuple[type[nn.Module], str]] = {
+# Head name (the `task` of from_pretrained / export) -> (module class, Hugging Face
+# architecture name). One source of truth for both. Fine-tuning datasets are tasks.NAMED_TASKS.
+HEADS: dict[str, tuple[type[nn.Module], str]] = {
     "base": (RobertaModel, "RobertaModel"),
     "masked-lm": (RobertaForMaskedLM, "RobertaForMaskedLM"),
     "sequence-classification": (RobertaForSequenceClassification,
@@ -692,3 +693,4 @@ TASKS: dict[str, tuple[type[nn.Module], str]] = {
     "question-answering": (RobertaForQuestionAnswering, "RobertaForQuestionAnswering"),
     "multiple-choice": (RobertaForMultipleChoice, "RobertaForMultipleChoice"),
 }
+TASKS = HEADS  # the name users know (roberta_jax.TASKS)

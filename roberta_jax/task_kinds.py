@@ -30,17 +30,16 @@ from roberta_jax.data import pack_examples as pack
 from roberta_jax.data import rows as row_data
 from roberta_jax.data import squad
 from roberta_jax.data import tokens as token_data
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.errors import UserError
-
-IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
 
 
 def _cross_entropy(logits, labels):
-    """Per-row cross entropy; rows whose label is IGNORE give 0."""
+    """Per-row cross entropy; rows labelled IGNORED_LABEL give 0."""
     logits = logits.astype(jnp.float32)
-    safe = jnp.where(labels == IGNORE, 0, labels)
+    safe = jnp.where(labels == IGNORED_LABEL, 0, labels)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), safe[..., None], -1)[..., 0]
-    return jnp.where(labels == IGNORE, 0.0, nll)
+    return jnp.where(labels == IGNORED_LABEL, 0.0, nll)
 
 
 def _weighted_mean(values, weights):
@@ -198,7 +197,7 @@ class Tokens:
         out = {"weights": np.ones(rows, np.float32)}  # padding is unlabelled already
         if split.data.tags is not None:
             out["labels"] = pack.per_token([split.features.labels[i] for i in index], placement,
-                                           rows, length, IGNORE)
+                                           rows, length, IGNORED_LABEL)
         return out
 
     def from_sequences(self, split: Split, outputs):
@@ -206,7 +205,7 @@ class Tokens:
 
     def loss(self, output, batch):
         # The mean over every labelled token in the batch, as transformers computes it.
-        labelled = (batch["labels"] != IGNORE) * batch["weights"][:, None]
+        labelled = (batch["labels"] != IGNORED_LABEL) * batch["weights"][:, None]
         return jnp.sum(_cross_entropy(output.logits, batch["labels"]) * labelled) / jnp.maximum(
             jnp.sum(labelled), 1.0)
 
@@ -489,8 +488,10 @@ def _concatenate_choices(parts):
         ids=[i for p in parts for i in p.ids])
 
 
-KINDS = {"classification": Classification, "tokens": Tokens, "qa": SpanQA, "choice": Choice}
+# tasks.KINDS (the names a Task may give as its kind) -> the class that handles it.
+KIND_CLASSES = {"classification": Classification, "tokens": Tokens, "qa": SpanQA,
+                "choice": Choice}
 
 
 def for_task(task, config):
-    return KINDS[task.kind](task, config)
+    return KIND_CLASSES[task.kind](task, config)

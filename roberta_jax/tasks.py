@@ -114,7 +114,8 @@ OTHERS = {t.name: t for t in (
                            ("race-middle", "tfds:race/middle"), ("race-high", "tfds:race/high"))),
 )}
 
-TASKS = {**GLUE, **OTHERS}
+# Tasks known by name (--config.task); model heads are model.HEADS.
+NAMED_TASKS = {**GLUE, **OTHERS}
 
 DEFAULT_METRICS = {"classification": ("accuracy",), "tokens": ("f1", "precision", "recall"),
                    "qa": ("f1", "exact_match"), "choice": ("accuracy",)}
@@ -142,12 +143,13 @@ def local_task(kind: str, train_file: str, eval_file: str = "", test_file: str =
 
 def resolve(config) -> Task:
     from roberta_jax.errors import UserError
-    if config.task in TASKS:
-        return TASKS[config.task]
+    if config.task in NAMED_TASKS:
+        return NAMED_TASKS[config.task]
     if config.task == "local":
         if not config.train_file:
             raise UserError("task=local needs --config.train_file")
         return local_task(config.kind, config.train_file, config.eval_file, config.test_file,
                           config.text_field, config.pair_field, config.label_field,
                           config.regression)
-    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)} or local")
+    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(NAMED_TASKS)} or "
+                    "local")

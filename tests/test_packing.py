@@ -14,6 +14,7 @@ import pytest
 import roberta_jax as rj
 from roberta_jax import parity, task_kinds, tasks
 from roberta_jax.data import pack_examples as pack
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.data.tokenizer import pad_batch
 from roberta_jax.model import position_ids_from_segments
 
@@ -167,9 +168,9 @@ def _split(kind_name, rng):
         data = types.SimpleNamespace(labels=rng.integers(0, 3, n).astype(np.int32))
         return task_kinds.Split(data, seqs, n)
     if kind_name == "tokens":
-        labels = [[task_kinds.IGNORE] + list(np.where(rng.random(k - 2) < 0.3, task_kinds.IGNORE,
+        labels = [[IGNORED_LABEL] + list(np.where(rng.random(k - 2) < 0.3, IGNORED_LABEL,
                                                       rng.integers(0, 3, k - 2)))
-                  + [task_kinds.IGNORE] for k in lengths]
+                  + [IGNORED_LABEL] for k in lengths]
         features = types.SimpleNamespace(ids=seqs, labels=labels)
         return task_kinds.Split(types.SimpleNamespace(tags=True), features, n)
     if kind_name == "qa":
