@@ -2,9 +2,11 @@
 
 Parameter names mirror Hugging Face's PyTorch module tree (`roberta/encoder/layer/3/attention/
 self/query/kernel` is `roberta.encoder.layer.3.attention.self.query.weight` transposed), so
-conversion is a mechanical renaming. Every parameter carries logical axis names
-(`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`, `layers`) that sharding rules map onto a mesh;
-without a mesh they do nothing. No I/O, no training policy, no global state here.
+conversion is a mechanical renaming. Every parameter carries logical axis names (`embed`,
+`mlp`, `joined_kv`, `vocab`, `positions`, `token_types`, `norm`, `labels`, and `layers` when
+scanned), and the large activations are constrained by name (`batch`, `length`, `embed`,
+`mlp`, `vocab`); the pretraining config's `mesh.logical_rules` map these onto a mesh, and
+without rules and a mesh they do nothing. No I/O, no training policy, no global state here.
 
 Packed rows (DESIGN B6): every model also takes `segment_ids` [b, l] (0 = padding, 1, 2, ... =
 the examples sharing the row, each contiguous) in place of `attention_mask`. Attention is then
