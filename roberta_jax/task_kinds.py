@@ -332,8 +332,9 @@ class SpanQA:
 
 
 def decode_answers(examples: list[squad.QAExample], features: squad.QAFeatures, start_logits,
-                   end_logits, n_best: int = 20, max_answer_length: int = 30,
-                   version_2: bool = False, null_threshold: float = 0.0) -> dict[str, dict]:
+                   end_logits, n_best: int = squad.N_BEST,
+                   max_answer_length: int = squad.MAX_ANSWER_LENGTH, version_2: bool = False,
+                   null_threshold: float = 0.0) -> dict[str, dict]:
     """SQuAD answers from the start / end logits of every window ([windows, max_length] each).
     Per example id: {"text", "score", "null_score", "nbest"}.
 
@@ -455,7 +456,11 @@ class Choice:
         return out
 
     def from_sequences(self, split: Split, outputs):
-        return outputs.reshape(split.size, -1)  # [examples, choices]
+        counts = [len(choices) for choices in split.features]
+        if len(set(counts)) <= 1:
+            return outputs.reshape(split.size, -1)  # [examples, choices]
+        # Examples with their own numbers of choices (`predict`'s inputs): a list of [choices].
+        return np.split(outputs.reshape(-1), np.cumsum(counts)[:-1])
 
     def loss(self, output, batch):
         scores = output.logits
@@ -495,3 +500,22 @@ KIND_CLASSES = {"classification": Classification, "tokens": Tokens, "qa": SpanQA
 
 def for_task(task, config):
     return KIND_CLASSES[task.kind](task, config)
+
+
+def for_head(head: str, max_length: int, regression: bool = False):
+    """The kind that serves a model head outside fine-tuning (`predict`), for inputs at most
+    `max_length` tokens long: a task with no data of its own, SQuAD's windows and decoding
+    defaults (data/squad.py). A model too short for the default question length and stride
+    gets a quarter of max_length for each (fine-tuning refuses such a stride instead)."""
+    import ml_collections
+
+    from roberta_jax.tasks import Task
+    name = next(name for name, cls in KIND_CLASSES.items() if cls.head == head)
+    query = min(squad.MAX_QUERY_LENGTH, max_length // 4)
+    stride = squad.STRIDE
+    if stride >= max_length - query - squad.SPECIALS_AROUND_PAIR:
+        stride = max_length // 4
+    config = ml_collections.ConfigDict(dict(
+        tfds_data_dir="", stride=stride, max_query_length=query, n_best=squad.N_BEST,
+        max_answer_length=squad.MAX_ANSWER_LENGTH, null_threshold=0.0))
+    return KIND_CLASSES[name](Task(head, name, "", labels=() if regression else None), config)

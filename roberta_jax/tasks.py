@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from roberta_jax.data import squad
+
 KINDS = ("classification", "tokens", "qa", "choice")
 
 
@@ -100,9 +102,11 @@ GLUE = {t.name: t for t in (
 
 OTHERS = {t.name: t for t in (
     Task("squad1", "qa", "tfds:squad/v1.1", metrics=("f1", "exact_match"), lr=3e-5,
-         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=squad.MAX_LENGTH,
+         test_splits=()),
     Task("squad2", "qa", "tfds:squad/v2.0", metrics=("f1", "exact_match"), lr=3e-5,
-         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=squad.MAX_LENGTH,
+         test_splits=()),
     Task("conll2003", "tokens", "tfds:conll2003", text_field="tokens", label_field="ner",
          metrics=("f1", "precision", "recall"), lr=5e-5, batch_size=32, epochs=3,
          weight_decay=0.01, test_splits=(("test", "test_predictions.conll"),)),

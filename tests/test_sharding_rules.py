@@ -77,8 +77,3 @@ def test_shardings_without_rules_in_force_are_an_error_not_silent_replication():
     with pytest.raises(ValueError, match="needs rules"):
         shd.logical_shardings({}, shd.make_mesh(
             ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})))
-
-
-def test_task_kind_names_and_their_classes_agree():
-    from roberta_jax import task_kinds, tasks
-    assert tuple(task_kinds.KIND_CLASSES) == tasks.KINDS

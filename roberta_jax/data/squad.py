@@ -21,6 +21,14 @@ from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
 
 NO_ANSWER = 0  # the `<s>` position: the label and score slot for "no answer in this window"
+
+# Hugging Face run_qa's defaults, which the SQuAD recipe follows: fine-tuning's config starts
+# from them (tests/test_structure.py holds it to that), and `predict` uses them.
+MAX_LENGTH = 384        # tokens per window
+STRIDE = 128            # context tokens that consecutive windows share (run_qa's doc_stride)
+MAX_QUERY_LENGTH = 64   # question tokens kept
+N_BEST = 20             # candidate starts and ends considered per window when decoding
+MAX_ANSWER_LENGTH = 30  # tokens in an answer at most
 SPECIALS_AROUND_PAIR = 4  # <s> q </s></s> c </s>
 
 
@@ -157,8 +165,8 @@ def _tfds_examples(name: str, split: str, data_dir: str | None) -> list[QAExampl
 
 # ----------------------------------------------------------------------------------- features
 
-def make_features(tokenizer: Tokenizer, examples: list[QAExample], max_length: int = 384,
-                  stride: int = 128, max_query_length: int = 64) -> QAFeatures:
+def make_features(tokenizer: Tokenizer, examples: list[QAExample], max_length: int = MAX_LENGTH,
+                  stride: int = STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> QAFeatures:
     """Windows over each example's context. `stride` is how many context tokens consecutive
     windows share (Hugging Face run_qa's doc_stride), so each window starts `room - stride`
     tokens after the last, `room` being what the question leaves of `max_length`."""
