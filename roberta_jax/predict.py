@@ -244,8 +244,9 @@ class Predictor:
 def predict(model_dir: str, records: list[dict], text_field: str = "text",
             pair_field: str | None = None, batch_size: int = 32, top_k: int = 5,
             allow_no_answer: bool = False, out=None, output: str | None = None) -> None:
-    """One JSON line per record, to `out` (sys.stdout as it is at the call), or to the file
-    `output` (written once complete)."""
+    """One JSON line per record, to `out` (default: sys.stdout as it is at the call), or to the
+    file `output` (written once complete)."""
+    out = sys.stdout if out is None else out
     if output is not None:
         lines = io.StringIO()
         predict(model_dir, records, text_field, pair_field, batch_size, top_k, allow_no_answer,
@@ -254,7 +255,6 @@ def predict(model_dir: str, records: list[dict], text_field: str = "text",
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(lines.getvalue(), encoding="utf-8")
         return
-    out = sys.stdout if out is None else out
     predictor = Predictor(model_dir, batch_size)
     for record in predictor(records, text_field=text_field, pair_field=pair_field, top_k=top_k,
                             allow_no_answer=allow_no_answer):
