@@ -199,7 +199,7 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     from roberta_jax import sharding as shd
     from roberta_jax import task_kinds, tasks
     from roberta_jax.data import pack_examples as pack
-    from roberta_jax.data.classification import bucket_length
+    from roberta_jax.data.rows import bucket_length
     from roberta_jax.data.tokenizer import load_tokenizer
     from roberta_jax.finetune import _device_batch, load_model, make_steps, recipe
     from roberta_jax.optim import make_optimizer

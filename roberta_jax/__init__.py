@@ -10,13 +10,13 @@ from roberta_jax import data
 from roberta_jax.config import PRESETS, RobertaConfig
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
-from roberta_jax.model import (TASKS, RobertaForMaskedLM, RobertaForMultipleChoice,
+from roberta_jax.model import (HEADS, TASKS, RobertaForMaskedLM, RobertaForMultipleChoice,
                                RobertaForQuestionAnswering, RobertaForSequenceClassification,
                                RobertaForTokenClassification, RobertaModel)
 from roberta_jax.pretrained import convert, from_pretrained, save_pretrained
 
 __all__ = [
-    "PRESETS", "RobertaConfig", "TASKS", "UserError", "convert", "data", "from_pretrained",
+    "HEADS", "PRESETS", "RobertaConfig", "TASKS", "UserError", "convert", "data", "from_pretrained",
     "load_tokenizer", "save_pretrained", "RobertaModel", "RobertaForMaskedLM",
     "RobertaForSequenceClassification", "RobertaForTokenClassification",
     "RobertaForQuestionAnswering", "RobertaForMultipleChoice",

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from roberta_jax.errors import UserError
-from roberta_jax.model import TASKS
+from roberta_jax.model import HEADS
 from roberta_jax.progress import close_bars, print_above
 
 EXIT_USER_ERROR = 1
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "directory (safetensors)")
     p.add_argument("src", help="Hugging Face directory, fairseq model.pt, or a directory with one")
     p.add_argument("dst", help="new output directory")
-    p.add_argument("--task", choices=sorted(TASKS), help="model head to export (default: the "
+    p.add_argument("--task", choices=sorted(HEADS), help="model head to export (default: the "
                    "source's own)")
     p.add_argument("--head", help="fairseq classification head to export, when it has several "
                    "(default: its only one)")

@@ -66,7 +66,7 @@ def load_workdir_state(workdir, step: int | None = None):
         example = {"input_ids": np.zeros((1, seq), np.int32),
                    "attention_mask": np.ones((1, seq), np.int32),
                    "masked_positions": np.zeros((1, 1), np.int32)}
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
             _, abstract, _ = build_state(config, mesh, model, make_optimizer(config.train),
                                          example)
             state, _, restored_step = checkpointer.restore(abstract, step)

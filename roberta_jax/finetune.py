@@ -30,7 +30,7 @@ from roberta_jax import task_kinds, tasks
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
 from roberta_jax.data import pack_examples as pack
-from roberta_jax.data.classification import bucket_length
+from roberta_jax.data.rows import bucket_length
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS

@@ -1,7 +1,11 @@
 """Evaluation metrics of the fine-tuning tasks, in numpy (tests check them against scikit-learn
-and scipy)."""
+and scipy, and SQuAD's against its official evaluation script's rules)."""
 
 from __future__ import annotations
+
+import collections
+import re
+import string
 
 import numpy as np
 
@@ -115,3 +119,104 @@ def entity_scores(true_tags: list[list[str]], predicted_tags: list[list[str]]) -
     recall = correct / len(true) if true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+# ------------------------------------------------------------------ SQuAD answers' scores
+# The official SQuAD v1.1 / v2.0 evaluation: answers are compared after normalisation, each
+# question scores its best match over the gold answers, and an unanswerable question's only gold
+# answer is "".
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, without punctuation, articles (a, an, the) or extra white space."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def answer_f1(prediction: str, gold: str) -> float:
+    """Harmonic mean of token precision and recall (tokens counted with multiplicity)."""
+    predicted, wanted = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not wanted:  # "no answer" is all or nothing
+        return float(predicted == wanted)
+    shared = sum((collections.Counter(predicted) & collections.Counter(wanted)).values())
+    if shared == 0:
+        return 0.0
+    precision, recall = shared / len(predicted), shared / len(wanted)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _golds(example) -> list[str]:
+    # The official script drops gold answers that normalise to nothing.
+    return [a for a in example.answers if normalize_answer(a)] or [""]
+
+
+def _per_example(examples, predictions: dict[str, str]):
+    missing = [e.id for e in examples if e.id not in predictions]
+    if missing:
+        raise UserError(f"predictions lack {len(missing)} of the {len(examples)} questions "
+                        f"(first: {missing[0]!r}); predict every question before scoring")
+    exact = [max(exact_match(predictions[e.id], g) for g in _golds(e)) for e in examples]
+    overlap = [max(answer_f1(predictions[e.id], g) for g in _golds(e)) for e in examples]
+    return exact, overlap
+
+
+def squad_scores(examples, predictions: dict[str, str]) -> dict:
+    """Official scores in percent: exact_match, f1 and total; with unanswerable questions also
+    the HasAns_* / NoAns_* splits (a question is answerable when it has gold answers)."""
+    if not examples:
+        raise UserError("no questions to score")
+    exact, overlap = _per_example(examples, predictions)
+
+    def percent(values, keep):
+        kept = [v for v, k in zip(values, keep) if k]
+        return 100.0 * sum(kept) / len(kept) if kept else 0.0
+
+    everyone = [True] * len(examples)
+    result = {"exact_match": percent(exact, everyone), "f1": percent(overlap, everyone),
+              "total": len(examples)}
+    has_answer = [bool(e.answers) for e in examples]
+    if not all(has_answer):
+        no_answer = [not h for h in has_answer]
+        result.update(HasAns_exact=percent(exact, has_answer),
+                      HasAns_f1=percent(overlap, has_answer), HasAns_total=sum(has_answer),
+                      NoAns_exact=percent(exact, no_answer), NoAns_f1=percent(overlap, no_answer),
+                      NoAns_total=sum(no_answer))
+    return result
+
+
+def best_null_threshold(examples, decoded: dict[str, dict]) -> tuple[float, float]:
+    """(best F1 in percent, the null_threshold giving it): the v2 script's search over each
+    question's null_score - best span score. Questions with equal differences switch together,
+    so `task_kinds.decode_answers(..., version_2=True, null_threshold=threshold)` reproduces
+    the F1."""
+    if not examples:
+        raise UserError("no questions to tune the null threshold on")
+    # Start from predicting "" everywhere (the threshold below every difference), then let the
+    # questions answer with their best span one by one, in order of growing difference.
+    margins, gains = {}, {}
+    f1_sum = 0.0
+    for example in examples:
+        prediction = decoded[example.id]
+        span = prediction["nbest"][0] if prediction["nbest"] else None
+        margins[example.id] = prediction["null_score"] - span["score"] if span else float("inf")
+        silent = max(answer_f1("", g) for g in _golds(example))
+        answered = max(answer_f1(span["text"], g) for g in _golds(example)) if span else silent
+        f1_sum += silent
+        gains[example.id] = answered - silent
+    order = sorted(examples, key=lambda e: margins[e.id])
+    finite = [margins[e.id] for e in order if margins[e.id] != float("inf")]
+    best_sum, best_threshold = f1_sum, (finite[0] - 1.0 if finite else 0.0)
+    for k, example in enumerate(order):
+        f1_sum += gains[example.id]
+        margin = margins[example.id]
+        tied_with_next = k + 1 < len(order) and margins[order[k + 1].id] == margin
+        if not tied_with_next and f1_sum > best_sum:
+            best_sum, best_threshold = f1_sum, margin
+    return 100.0 * best_sum / len(examples), best_threshold

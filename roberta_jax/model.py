@@ -2,9 +2,11 @@
 
 Parameter names mirror Hugging Face's PyTorch module tree (`roberta/encoder/layer/3/attention/
 self/query/kernel` is `roberta.encoder.layer.3.attention.self.query.weight` transposed), so
-conversion is a mechanical renaming. Every parameter carries logical axis names
-(`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`, `layers`) that sharding rules map onto a mesh;
-without a mesh they do nothing. No I/O, no training policy, no global state here.
+conversion is a mechanical renaming. Every parameter carries logical axis names (`embed`,
+`mlp`, `joined_kv`, `vocab`, `positions`, `token_types`, `norm`, `labels`, and `layers` when
+scanned), and the large activations are constrained by name (`batch`, `length`, `embed`,
+`mlp`, `vocab`); the pretraining config's `mesh.logical_rules` map these onto a mesh, and
+without rules and a mesh they do nothing. No I/O, no training policy, no global state here.
 
 Packed rows (DESIGN B6): every model also takes `segment_ids` [b, l] (0 = padding, 1, 2, ... =
 the examples sharing the row, each contiguous) in place of `attention_mask`. Attention is then
@@ -682,8 +684,9 @@ class RobertaForMultipleChoice(_Head):
                                     batch, choices, length, -1))
 
 
-# Task name -> (module class, Hugging Face architecture name). One source of truth for both.
-TASKS: dict[str, tuple[type[nn.Module], str]] = {
+# Head name (the `task` of from_pretrained / export) -> (module class, Hugging Face
+# architecture name). One source of truth for both. Fine-tuning datasets are tasks.NAMED_TASKS.
+HEADS: dict[str, tuple[type[nn.Module], str]] = {
     "base": (RobertaModel, "RobertaModel"),
     "masked-lm": (RobertaForMaskedLM, "RobertaForMaskedLM"),
     "sequence-classification": (RobertaForSequenceClassification,
@@ -692,3 +695,4 @@ TASKS: dict[str, tuple[type[nn.Module], str]] = {
     "question-answering": (RobertaForQuestionAnswering, "RobertaForQuestionAnswering"),
     "multiple-choice": (RobertaForMultipleChoice, "RobertaForMultipleChoice"),
 }
+TASKS = HEADS  # the name users know (roberta_jax.TASKS)

@@ -350,7 +350,7 @@ def plan(config, slice_: Slice, *, mfu: float = DEFAULT_MFU, config_name: str = 
     example = {"input_ids": np.zeros((1, length), np.int32),
                "attention_mask": np.ones((1, length), np.int32),
                "masked_positions": np.zeros((1, slots), np.int32)}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
         _, abstract, shardings = train.build_state(config, mesh, model, tx, example)
         lowered = train.jit_train_step(train_step, shardings, mesh, config).lower(
             abstract, abstract_batch(config, train_cfg.batch_size))

@@ -14,9 +14,10 @@ Inputs: jsonl / tsv / csv records, or stdin lines that are either JSON objects o
 (a plain line is the text; for token classification it is split into words at white space).
 Inputs are packed several to a row (data/pack_examples.py), so short ones cost what their
 tokens cost; the outputs are those of each input run alone.
+A line that starts with `{` must be valid JSON: it is refused rather than taken as text.
 The model, the input file and the output file may be local or on object storage (gs://).
-(a plain line is the text; for token classification it is split into words at white space). A
-line that starts with `{` must be valid JSON: it is refused rather than taken as text.
+Each head but the masked LM's is encoded and decoded by its fine-tuning kind (task_kinds.py);
+SQuAD windows are 384 tokens sharing 128, as in fine-tuning (data/squad.py).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 
 from roberta_jax import fs
 from roberta_jax.data import pack_examples as pack
-from roberta_jax.data.classification import bucket_length, read_rows
+from roberta_jax.data import squad
+from roberta_jax.data.rows import bucket_length, read_rows
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 
@@ -64,12 +66,16 @@ def _field(record: dict, name: str, number: int):
 class Predictor:
     """A model loaded once, with its jitted forward pass over packed rows (several inputs to a
     row, kept apart by segment ids: no compute spent on padding): records in, one JSON-able
-    dict per record out, whatever the head."""
+    dict per record out, whatever the head. Each head but the masked LM's is served by its
+    fine-tuning kind (task_kinds.py): the same encoding, outputs and decoding as fine-tuning's
+    evaluation, so that a setting such as SQuAD's stride lives in one place."""
 
     def __init__(self, model_dir: str, batch_size: int = 32):
         import jax
-        from roberta_jax.pretrained import from_pretrained, task_of
+
+        from roberta_jax import task_kinds
         from roberta_jax.convert.hf import TOKENIZER_FILES
+        from roberta_jax.pretrained import from_pretrained, task_of
         self.tokenizer = load_tokenizer(fs.local_copy(model_dir, TOKENIZER_FILES))
         self.model, self.params = from_pretrained(model_dir)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
@@ -84,6 +90,11 @@ class Predictor:
             raise UserError(f"batch size {batch_size}: it must be at least 1")
         self.batch_size = batch_size
         self.limit = self.model.config.max_sequence_length
+        # QA windows are SQuAD's length (or the model's, if shorter); other inputs the model's.
+        self.max_length = (min(self.limit, squad.MAX_LENGTH) if self.head == "question-answering"
+                           else self.limit)
+        self.kind = None if self.head == "masked-lm" else task_kinds.for_head(
+            self.head, self.max_length, regression=self.model.config.num_labels == 1)
         self._forward = jax.jit(self._outputs, static_argnames="top_k")
 
     def _outputs(self, params, rows, top_k=0):
@@ -93,19 +104,20 @@ class Predictor:
         inputs = {k: rows[k] for k in ("segment_ids", "segment_starts", "masked_positions")
                   if k in rows}
         out = self.model.apply({"params": params}, rows["input_ids"], **inputs)
-        if self.head == "question-answering":
-            return jnp.stack([out.start_logits, out.end_logits], -1).astype(jnp.float32)
-        if self.head == "masked-lm":  # the top guesses at each <mask>, specials excluded
-            specials = jnp.zeros(out.logits.shape[-1], bool).at[
-                jnp.asarray(sorted(self.tokenizer.special_ids))].set(True)
-            return jax.lax.top_k(jnp.where(specials, -jnp.inf, out.logits.astype(jnp.float32)),
-                                 top_k)[1]
-        return out.logits.astype(jnp.float32)
+        if self.kind is not None:
+            return self.kind.outputs(out)
+        # The masked LM: the top guesses at each <mask>, specials excluded.
+        specials = jnp.zeros(out.logits.shape[-1], bool).at[
+            jnp.asarray(sorted(self.tokenizer.special_ids))].set(True)
+        return jax.lax.top_k(jnp.where(specials, -jnp.inf, out.logits.astype(jnp.float32)),
+                             top_k)[1]
 
-    def run(self, sequences: list, per_token: bool, masks: bool = False, top_k: int = 0):
+    def run(self, sequences: list, per_token: bool, masks: bool = False, top_k: int = 0,
+            width: int | None = None):
         """Per-sequence outputs of the model on token sequences, packed into rows of the
-        smallest bucket holding the longest: per token ([n, longest, ...]) or one per sequence
-        ([n, ...]); with `masks`, the top_k ids at each sequence's <mask> tokens (a list)."""
+        smallest bucket holding the longest: per token ([n, width (default: the longest),
+        ...]) or one per sequence ([n, ...]); with `masks`, the top_k ids at each sequence's
+        <mask> tokens (a list)."""
         lengths = np.asarray([len(s) for s in sequences])
         longest = int(lengths.max())
         if longest > self.limit:
@@ -120,7 +132,7 @@ class Predictor:
         step = min(step, _power_of_two(placement.rows))
         rows = pack.rows_of(sequences, placement, -(-placement.rows // step) * step, length,
                             slots, self.tokenizer.pad_id)
-        if self.head not in ("sequence-classification", "multiple-choice"):
+        if self.kind is None or not self.kind.pools:
             del rows["segment_starts"]
         if masks:
             found = [np.flatnonzero(r == self.tokenizer.mask_id) for r in rows["input_ids"]]
@@ -135,8 +147,16 @@ class Predictor:
             return [results[r, np.flatnonzero((found[r] >= s) & (found[r] < s + n))]
                     for r, s, n in zip(placement.row, placement.start, placement.length)]
         if per_token:
-            return pack.unpack_tokens(results, placement, longest)
+            return pack.unpack_tokens(results, placement, width or longest)
         return pack.unpack_slots(results, placement)
+
+    def _through_kind(self, data, label_names=None):
+        """The kind's encoding of `data`, and its outputs for every feature, as fine-tuning's
+        evaluation hands them to the kind's decoding."""
+        split = self.kind.encode(self.tokenizer, data, self.max_length, label_names)
+        sequences = self.kind.feature_sequences(split, np.arange(split.size))
+        outputs = self.run(sequences, per_token=self.kind.per_token, width=self.max_length)
+        return split, self.kind.from_sequences(split, outputs)
 
     def __call__(self, records: list[dict], text_field: str = "text",
                  pair_field: str | None = None, top_k: int = 5, allow_no_answer: bool = False):
@@ -152,18 +172,19 @@ class Predictor:
                                           top_k=top_k, allow_no_answer=allow_no_answer)
 
     def _classify(self, chunk, text_field, pair_field, **_):
-        config, tokenizer = self.model.config, self.tokenizer
-        texts = [(str(_field(r, text_field, n)), str(_field(r, pair_field, n)) if pair_field
-                  else None) for n, r in chunk]
-        logits = self.run([tokenizer(t, p, max_length=self.limit) for t, p in texts],
-                          per_token=False)
-        for (text, _), row in zip(texts, logits):
+        from roberta_jax.data import classification as cls_data
+        config = self.model.config
+        texts = [str(_field(r, text_field, n)) for n, r in chunk]
+        pairs = [str(_field(r, pair_field, n)) for n, r in chunk] if pair_field else None
+        split, logits = self._through_kind(
+            cls_data.Examples(texts, pairs, None, [n for n, _ in chunk]))
+        for text, row, best in zip(texts, logits, self.kind.predictions(split, logits)):
             if config.num_labels == 1:
-                yield {"text": text, "score": float(row[0])}
+                yield {"text": text, "score": float(best)}
                 continue
             probs = _softmax(row)
-            best = int(probs.argmax())
-            yield {"text": text, "label": config.labels[best], "score": float(probs[best]),
+            yield {"text": text, "label": config.labels[int(best)],
+                   "score": float(probs[int(best)]),
                    "scores": {name: float(p) for name, p in zip(config.labels, probs)}}
 
     def _fill_masks(self, chunk, text_field, top_k, **_):
@@ -184,33 +205,20 @@ class Predictor:
             words = record.get("tokens")
             sentences.append([str(w) for w in words] if isinstance(words, list)
                              else str(_field(record, text_field, n)).split())
-        encoded = [token_data.encode_words(self.tokenizer, words, None, self.limit)
-                   for words in sentences]
-        logits = self.run([ids for ids, _, _ in encoded], per_token=True)
         labels = list(self.model.config.labels)
-        outside = labels.index(token_data.OUTSIDE) if token_data.OUTSIDE in labels else 0
-        for words, (_, _, word_index), row in zip(sentences, encoded, logits):
-            tags = [labels[t] for t in token_data.word_predictions(row, word_index, len(words),
-                                                                    outside)]
+        split, logits = self._through_kind(token_data.TokenExamples(sentences, None), labels)
+        for words, tags in zip(sentences, self.kind.tag_predictions(split, logits, labels)):
             entities = [{"type": kind, "text": " ".join(words[s:e]), "start": s, "end": e}
                         for kind, s, e in sorted(entity_spans(tags), key=lambda x: x[1])]
             yield {"tokens": words, "tags": tags, "entities": entities}
 
     def _answer(self, chunk, allow_no_answer, **_):
-        from roberta_jax import qa
-        examples = [qa.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
-                                 str(_field(r, "context", n)), [], []) for n, r in chunk]
-        length = min(self.limit, 384)
-        features = qa.make_features(self.tokenizer, examples, max_length=length,
-                                    stride=min(128, length // 4),
-                                    max_query_length=min(64, length // 4))
-        windows = [ids[:int(mask.sum())]
-                   for ids, mask in zip(features.input_ids, features.attention_mask)]
-        logits = self.run(windows, per_token=True)
-        logits = np.pad(logits, [(0, 0), (0, length - logits.shape[1]), (0, 0)])
+        examples = [squad.QAExample(str(r.get("id", n)), str(_field(r, "question", n)),
+                                    str(_field(r, "context", n)), [], []) for n, r in chunk]
         # Only a model trained on SQuAD v2 has learnt to say "no answer" through the <s> logits.
-        decoded = qa.decode(examples, features, logits[..., 0], logits[..., 1],
-                            version_2=allow_no_answer)
+        self.kind.version_2 = allow_no_answer
+        split, logits = self._through_kind(examples)
+        decoded = self.kind.answers(split, logits)
         for example in examples:
             best = decoded[example.id]
             span = best["nbest"][0] if best["text"] and best["nbest"] else None
@@ -225,12 +233,9 @@ class Predictor:
             questions=[str(r.get("question", "")) for _, r in chunk],
             choices=[[str(c) for c in _field(r, "choices", n)] for n, r in chunk],
             labels=None, ids=[r.get("id", n) for n, r in chunk])
-        encoded = choice_data.encode_choices(self.tokenizer, examples, self.limit)
-        scores = self.run([ids for rows in encoded for ids in rows], per_token=False)
-        first = 0
-        for i, options in enumerate(examples.choices):  # each input may have its own number
-            probs = _softmax(scores[first:first + len(options)])
-            first += len(options)
+        _, scores = self._through_kind(examples)  # each input may have its own number
+        for i, options in enumerate(examples.choices):
+            probs = _softmax(np.asarray(scores[i]))
             best = int(probs.argmax())
             yield {"id": examples.ids[i], "prediction": best, "choice": options[best],
                    "scores": [float(p) for p in probs]}

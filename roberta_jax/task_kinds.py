@@ -14,6 +14,7 @@ sequences to a row, and its loss takes either layout:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import pathlib
@@ -23,21 +24,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax import metrics as metric_fns
-from roberta_jax import qa
 from roberta_jax.data import choices as choice_data
 from roberta_jax.data import classification as cls_data
 from roberta_jax.data import pack_examples as pack
+from roberta_jax.data import rows as row_data
+from roberta_jax.data import squad
 from roberta_jax.data import tokens as token_data
-
-IGNORE = -100  # label of positions the loss skips (Hugging Face's convention)
+from roberta_jax.data.rows import IGNORED_LABEL
+from roberta_jax.errors import UserError
 
 
 def _cross_entropy(logits, labels):
-    """Per-row cross entropy; rows whose label is IGNORE give 0."""
+    """Per-row cross entropy; rows labelled IGNORED_LABEL give 0."""
     logits = logits.astype(jnp.float32)
-    safe = jnp.where(labels == IGNORE, 0, labels)
+    safe = jnp.where(labels == IGNORED_LABEL, 0, labels)
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), safe[..., None], -1)[..., 0]
-    return jnp.where(labels == IGNORE, 0.0, nll)
+    return jnp.where(labels == IGNORED_LABEL, 0.0, nll)
 
 
 def _weighted_mean(values, weights):
@@ -88,7 +90,7 @@ class Classification:
         return Split(data, encoded, len(encoded))
 
     def batches(self, split: Split, batch_size, pad_id, buckets, order=None, drop_last=False):
-        yield from cls_data.batches(split.features, split.data.labels, batch_size, pad_id,
+        yield from row_data.batches(split.features, split.data.labels, batch_size, pad_id,
                                     buckets, order, drop_last)
 
     def feature_sequences(self, split: Split, index) -> list[list[int]]:
@@ -195,7 +197,7 @@ class Tokens:
         out = {"weights": np.ones(rows, np.float32)}  # padding is unlabelled already
         if split.data.tags is not None:
             out["labels"] = pack.per_token([split.features.labels[i] for i in index], placement,
-                                           rows, length, IGNORE)
+                                           rows, length, IGNORED_LABEL)
         return out
 
     def from_sequences(self, split: Split, outputs):
@@ -203,7 +205,7 @@ class Tokens:
 
     def loss(self, output, batch):
         # The mean over every labelled token in the batch, as transformers computes it.
-        labelled = (batch["labels"] != IGNORE) * batch["weights"][:, None]
+        labelled = (batch["labels"] != IGNORED_LABEL) * batch["weights"][:, None]
         return jnp.sum(_cross_entropy(output.logits, batch["labels"]) * labelled) / jnp.maximum(
             jnp.sum(labelled), 1.0)
 
@@ -245,7 +247,7 @@ class SpanQA:
 
     def read(self, split: str, label_names):
         source, within = self.task.where(split)
-        examples = qa.read_squad(source, within, self.config.tfds_data_dir or None)
+        examples = squad.read_squad(source, within, self.config.tfds_data_dir or None)
         if any(not e.answers for e in examples) and split == "train":
             self.version_2 = True  # unanswerable questions: decode with a no-answer option
         return examples, None
@@ -260,7 +262,7 @@ class SpanQA:
         return 2  # a start and an end logit per token
 
     def encode(self, tokenizer, data, max_length: int, label_names=None) -> Split:
-        features = qa.make_features(tokenizer, data, max_length, self.config.stride,
+        features = squad.make_features(tokenizer, data, max_length, self.config.stride,
                                     self.config.max_query_length)
         return Split(data, features, len(features.example_index))
 
@@ -268,7 +270,7 @@ class SpanQA:
         # Windows are already max_length long; no bucketing, so outputs stack across batches.
         f = split.features
         order = np.arange(split.size) if order is None else order
-        for rows, weights in cls_data.batch_rows(order, batch_size, drop_last):
+        for rows, weights in row_data.batch_rows(order, batch_size, drop_last):
             yield {"input_ids": f.input_ids[rows], "attention_mask": f.attention_mask[rows],
                    "start_positions": f.start_positions[rows],
                    "end_positions": f.end_positions[rows], "weights": weights, "index": rows}
@@ -305,16 +307,16 @@ class SpanQA:
         return jnp.stack([output.start_logits, output.end_logits], -1).astype(jnp.float32)
 
     def answers(self, split: Split, outputs) -> dict:
-        return qa.decode(split.data, split.features, outputs[..., 0], outputs[..., 1],
+        return decode_answers(split.data, split.features, outputs[..., 0], outputs[..., 1],
                          n_best=self.config.n_best, max_answer_length=self.config.max_answer_length,
                          version_2=self.version_2, null_threshold=self.config.null_threshold)
 
     def evaluate(self, split: Split, outputs, label_names) -> dict:
         decoded = self.answers(split, outputs)
-        scores = qa.evaluate(split.data, {k: v["text"] for k, v in decoded.items()})
+        scores = metric_fns.squad_scores(split.data, {k: v["text"] for k, v in decoded.items()})
         scores = {k: v for k, v in scores.items() if not k.endswith("_total")}
         if self.version_2:
-            scores["best_f1"], scores["best_f1_threshold"] = qa.best_null_threshold(
+            scores["best_f1"], scores["best_f1_threshold"] = metric_fns.best_null_threshold(
                 split.data, decoded)
         return scores
 
@@ -327,6 +329,80 @@ class SpanQA:
         if self.version_2:
             odds = {k: v["null_score"] - v["score"] for k, v in decoded.items()}
             path.with_name(path.stem + "_null_odds.json").write_text(json.dumps(odds) + "\n")
+
+
+def decode_answers(examples: list[squad.QAExample], features: squad.QAFeatures, start_logits,
+                   end_logits, n_best: int = squad.N_BEST,
+                   max_answer_length: int = squad.MAX_ANSWER_LENGTH, version_2: bool = False,
+                   null_threshold: float = 0.0) -> dict[str, dict]:
+    """SQuAD answers from the start / end logits of every window ([windows, max_length] each).
+    Per example id: {"text", "score", "null_score", "nbest"}.
+
+    Candidates are the top `n_best` start and end positions among the context tokens of every
+    window of the example, kept when end >= start and the span is at most `max_answer_length`
+    tokens; score = start + end logit, equal texts from overlapping windows counted once. The
+    null score is the lowest `<s>` score over the windows (the window most sure an answer is
+    there). With `version_2`, "" is predicted when null_score - best score > null_threshold.
+    The "score" of a "" prediction is the null score.
+    """
+    start_logits = np.asarray(start_logits, np.float32)
+    end_logits = np.asarray(end_logits, np.float32)
+    expected = features.input_ids.shape
+    if start_logits.shape != expected or end_logits.shape != expected:
+        raise UserError(f"QA logits have shapes {start_logits.shape} / {end_logits.shape}; the "
+                        f"features need {expected} (one row per window, one logit per token)")
+    if n_best < 1 or max_answer_length < 1:
+        raise UserError("n_best and max_answer_length must be at least 1")
+    windows_of = collections.defaultdict(list)
+    for w, index in enumerate(features.example_index):
+        windows_of[int(index)].append(w)
+    decoded = {}
+    for index, example in enumerate(examples):
+        windows = windows_of[index]
+        if not windows:
+            raise UserError(f"example {example.id!r} has no windows in these features; decode "
+                            "with the examples the features were made from")
+        null_score = min(float(start_logits[w, squad.NO_ANSWER] + end_logits[w, squad.NO_ANSWER])
+                         for w in windows)
+        nbest = _nbest(example.context, features.offsets, start_logits, end_logits, windows,
+                       n_best, max_answer_length)
+        answer_null = not nbest or version_2 and null_score - nbest[0]["score"] > null_threshold
+        decoded[example.id] = {
+            "text": "" if answer_null else nbest[0]["text"],
+            "score": null_score if answer_null else nbest[0]["score"],
+            "null_score": null_score, "nbest": nbest}
+    return decoded
+
+
+def _nbest(context, offsets, start_logits, end_logits, windows, n_best, max_answer_length):
+    candidates = []  # (score, window, start token, end token)
+    for w in windows:
+        in_context = np.array([o is not None for o in offsets[w]])
+        # The n best among the context's tokens: what the model says at question, special or
+        # padding tokens (which a packed row does not even compute) takes no candidate's place.
+        top_starts = np.argsort(-np.where(in_context, start_logits[w], -np.inf),
+                                kind="stable")[:n_best]
+        top_ends = np.argsort(-np.where(in_context, end_logits[w], -np.inf),
+                              kind="stable")[:n_best]
+        s, e = top_starts[:, None], top_ends[None, :]
+        valid = (in_context[s] & in_context[e] & (e >= s) & (e - s < max_answer_length))
+        for i, j in zip(*np.nonzero(valid)):
+            start, end = int(top_starts[i]), int(top_ends[j])
+            candidates.append((float(start_logits[w, start] + end_logits[w, end]), w, start, end))
+    candidates.sort(key=lambda c: -c[0])
+    nbest, seen = [], set()
+    for score, w, start, end in candidates:
+        begin, finish = offsets[w][start][0], offsets[w][end][1]
+        text = context[begin:finish]
+        if text in seen:
+            continue
+        seen.add(text)
+        nbest.append({"text": text, "start": begin, "end": finish,
+                      "start_logit": float(start_logits[w, start]),
+                      "end_logit": float(end_logits[w, end]), "score": score})
+        if len(nbest) == n_best:
+            break
+    return nbest
 
 
 # ==================================================================================== choice
@@ -380,7 +456,11 @@ class Choice:
         return out
 
     def from_sequences(self, split: Split, outputs):
-        return outputs.reshape(split.size, -1)  # [examples, choices]
+        counts = [len(choices) for choices in split.features]
+        if len(set(counts)) <= 1:
+            return outputs.reshape(split.size, -1)  # [examples, choices]
+        # Examples with their own numbers of choices (`predict`'s inputs): a list of [choices].
+        return np.split(outputs.reshape(-1), np.cumsum(counts)[:-1])
 
     def loss(self, output, batch):
         scores = output.logits
@@ -413,8 +493,29 @@ def _concatenate_choices(parts):
         ids=[i for p in parts for i in p.ids])
 
 
-KINDS = {"classification": Classification, "tokens": Tokens, "qa": SpanQA, "choice": Choice}
+# tasks.KINDS (the names a Task may give as its kind) -> the class that handles it.
+KIND_CLASSES = {"classification": Classification, "tokens": Tokens, "qa": SpanQA,
+                "choice": Choice}
 
 
 def for_task(task, config):
-    return KINDS[task.kind](task, config)
+    return KIND_CLASSES[task.kind](task, config)
+
+
+def for_head(head: str, max_length: int, regression: bool = False):
+    """The kind that serves a model head outside fine-tuning (`predict`), for inputs at most
+    `max_length` tokens long: a task with no data of its own, SQuAD's windows and decoding
+    defaults (data/squad.py). A model too short for the default question length and stride
+    gets a quarter of max_length for each (fine-tuning refuses such a stride instead)."""
+    import ml_collections
+
+    from roberta_jax.tasks import Task
+    name = next(name for name, cls in KIND_CLASSES.items() if cls.head == head)
+    query = min(squad.MAX_QUERY_LENGTH, max_length // 4)
+    stride = squad.STRIDE
+    if stride >= max_length - query - squad.SPECIALS_AROUND_PAIR:
+        stride = max_length // 4
+    config = ml_collections.ConfigDict(dict(
+        tfds_data_dir="", stride=stride, max_query_length=query, n_best=squad.N_BEST,
+        max_answer_length=squad.MAX_ANSWER_LENGTH, null_threshold=0.0))
+    return KIND_CLASSES[name](Task(head, name, "", labels=() if regression else None), config)

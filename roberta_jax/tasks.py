@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from roberta_jax.data import squad
+
 KINDS = ("classification", "tokens", "qa", "choice")
 
 
@@ -100,9 +102,11 @@ GLUE = {t.name: t for t in (
 
 OTHERS = {t.name: t for t in (
     Task("squad1", "qa", "tfds:squad/v1.1", metrics=("f1", "exact_match"), lr=3e-5,
-         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=squad.MAX_LENGTH,
+         test_splits=()),
     Task("squad2", "qa", "tfds:squad/v2.0", metrics=("f1", "exact_match"), lr=3e-5,
-         batch_size=12, epochs=2, weight_decay=0.01, max_length=384, test_splits=()),
+         batch_size=12, epochs=2, weight_decay=0.01, max_length=squad.MAX_LENGTH,
+         test_splits=()),
     Task("conll2003", "tokens", "tfds:conll2003", text_field="tokens", label_field="ner",
          metrics=("f1", "precision", "recall"), lr=5e-5, batch_size=32, epochs=3,
          weight_decay=0.01, test_splits=(("test", "test_predictions.conll"),)),
@@ -114,7 +118,8 @@ OTHERS = {t.name: t for t in (
                            ("race-middle", "tfds:race/middle"), ("race-high", "tfds:race/high"))),
 )}
 
-TASKS = {**GLUE, **OTHERS}
+# Tasks known by name (--config.task); model heads are model.HEADS.
+NAMED_TASKS = {**GLUE, **OTHERS}
 
 DEFAULT_METRICS = {"classification": ("accuracy",), "tokens": ("f1", "precision", "recall"),
                    "qa": ("f1", "exact_match"), "choice": ("accuracy",)}
@@ -142,12 +147,13 @@ def local_task(kind: str, train_file: str, eval_file: str = "", test_file: str =
 
 def resolve(config) -> Task:
     from roberta_jax.errors import UserError
-    if config.task in TASKS:
-        return TASKS[config.task]
+    if config.task in NAMED_TASKS:
+        return NAMED_TASKS[config.task]
     if config.task == "local":
         if not config.train_file:
             raise UserError("task=local needs --config.train_file")
         return local_task(config.kind, config.train_file, config.eval_file, config.test_file,
                           config.text_field, config.pair_field, config.label_field,
                           config.regression)
-    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(TASKS)} or local")
+    raise UserError(f"unknown task {config.task!r}; choose one of {', '.join(NAMED_TASKS)} or "
+                    "local")

@@ -403,7 +403,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
 
     # ---------------------------------------------------------------- state
     example = {k: v[:1] for k, v in batches.batch(0).items()}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
         init_sharded, abstract, shardings = build_state(config, mesh, model, tx, example)
         checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
                                     keep_period=config.checkpoint.keep_period,
@@ -457,7 +457,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
     last_saved = start_step if start_step else None
     step = start_step
     try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
             for step in range(start_step, train.steps):
                 if stop_after is not None and step - start_step >= stop_after:
                     break
@@ -497,7 +497,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
         checkpointer.wait()
         if step >= train.steps and eval_batches is not None and \
                 step % config.eval.every_steps != 0:
-            with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
                 last.update(evaluate(state.params, step))
     finally:
         bar.close()

@@ -88,6 +88,22 @@ def default_config() -> ml_collections.ConfigDict:
     s.fsdp = 1
     s.tensor = 1
     s.dcn_data = 1                      # slices / nodes along data (multislice, GPU clusters)
+    # Logical axis (the names model.py gives parameters and activations) -> mesh axes, in order
+    # of precedence; a name listed nowhere is replicated. Every name must be one the model uses
+    # (checked before a run starts: sharding.check_logical_rules).
+    s.logical_rules = (
+        ("batch", ("data", "fsdp")),    # examples: split over both batch axes
+        ("embed", "fsdp"),              # hidden width of every weight: what FSDP shards
+        ("mlp", "tensor"),              # FFN (and pooler) width: split for tensor parallelism
+        ("joined_kv", "tensor"),        # attention's query / key / value outputs, all heads
+        ("vocab", "tensor"),            # the embedding table and MLM logits, by vocabulary
+        ("norm", None),                 # LayerNorm scales and biases: small, replicated
+        ("layers", None),               # the stacked layer axis of scan_layers: replicated
+        ("length", None),               # sequence positions of activations: never split
+        ("positions", None),            # the position embedding table's rows
+        ("token_types", None),          # the token-type embedding table's rows
+        ("labels", None),               # classifier heads' outputs
+    )
 
     c.distributed = r = ml_collections.ConfigDict()
     r.coordinator_address = ""          # "" = auto-detect (TPU pods, SLURM) or single process
@@ -219,6 +235,9 @@ def check_pretrain_config(config) -> None:
     _check_choice("model.remat_policy", m.remat_policy, ("",) + REMAT_POLICIES,
                   "\"\" (none), " + ", ".join(REMAT_POLICIES))
     _check_choice("train.nonfinite", t.nonfinite, NONFINITE_ACTIONS)
+    if "mesh" in config and "logical_rules" in config.mesh:
+        from roberta_jax.sharding import check_logical_rules
+        check_logical_rules(config.mesh.logical_rules)
     for key, hint in (("train.log_every", ""), ("train.grad_accum", ""),
                       ("eval.every_steps", " (leave data.eval_path empty to skip evaluation)"),
                       ("eval.batches", " (leave data.eval_path empty to skip evaluation)"),

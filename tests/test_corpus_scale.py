@@ -18,7 +18,7 @@ import pytest
 import roberta_jax as rj
 from roberta_jax.data import PretrainingBatches, prepare, train_tokenizer
 from roberta_jax.data import prepared as prepared_format
-from roberta_jax.data.masking import IGNORE
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.data.train_tokenizer import sample_sentences, split_sentences
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -211,7 +211,7 @@ def test_segment_ids_number_the_documents_of_each_packed_row(corpus, packing):
     rows_with_several = 0
     for step in range(3):
         b = batches.batch(step)
-        ids = np.where(b["labels"] != IGNORE, b["labels"], b["input_ids"])
+        ids = np.where(b["labels"] != IGNORED_LABEL, b["labels"], b["input_ids"])
         segments = b["segment_ids"]
         assert np.array_equal(segments == 0, ids == tokenizer.pad_id)
         assert np.all(segments[:, 0] == 1)  # <s> belongs to the first document

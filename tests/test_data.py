@@ -10,8 +10,9 @@ import pytest
 
 import roberta_jax as rj
 from roberta_jax.data import PretrainingBatches, keyed_permutation, prepare, pretraining_batches
-from roberta_jax.data.masking import IGNORE, MaskingSpec, mask_batch
+from roberta_jax.data.masking import MaskingSpec, mask_batch
 from roberta_jax.data.packing import PACKINGS, pack_shard
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.data.train_tokenizer import train_tokenizer
 
 
@@ -166,7 +167,7 @@ def test_masking_rates_and_80_10_10_split_within_tolerance():
     ids[::3, 100:] = 1  # padding on a third of the rows
     spec = MaskingSpec(vocab_size=vocab, special_ids=(0, 1, 2, 3, 4), mask_id=4, pad_id=1)
     out = mask_batch(ids, np.arange(rows), seed=0, spec=spec)
-    chosen = out["labels"] != IGNORE
+    chosen = out["labels"] != IGNORED_LABEL
     maskable = ~np.isin(ids, [0, 1, 2, 3, 4])
     rate = chosen.sum() / maskable.sum()
     assert abs(rate - 0.15) < 0.005, rate
@@ -189,9 +190,9 @@ def test_pipeline_never_masks_specials_or_padding(prepared):
     info = batches.corpus.manifest["tokenizer"]
     for step in range(5):
         b = batches.batch(step)
-        original = np.where(b["labels"] != IGNORE, b["labels"], b["input_ids"])
+        original = np.where(b["labels"] != IGNORED_LABEL, b["labels"], b["input_ids"])
         special = np.isin(original, [info["bos_id"], info["eos_id"], info["pad_id"]])
-        assert not (b["labels"] != IGNORE)[special].any()
+        assert not (b["labels"] != IGNORED_LABEL)[special].any()
         assert np.all(b["attention_mask"] == (original != info["pad_id"]))
 
 
@@ -199,7 +200,7 @@ def test_pipeline_never_masks_specials_or_padding(prepared):
 def test_whole_word_and_span_masking_keep_rates_and_specials(prepared, unit):
     batches = PretrainingBatches(prepared, batch_size=32, seq_len=128, seed=0, masking=unit)
     b = batches.batch(0)
-    chosen = b["labels"] != IGNORE
+    chosen = b["labels"] != IGNORED_LABEL
     maskable = (b["attention_mask"] == 1) & (np.isin(
         np.where(chosen, b["labels"], b["input_ids"]), [0, 1, 2], invert=True))
     assert not chosen[~maskable].any()
@@ -220,8 +221,8 @@ def test_masks_differ_between_epochs(prepared):
     again = [(b, r) for b in later for r in range(8) if b["block"][r] == block and b["epoch"][r] == 1]
     assert again, "block not found in epoch 1"
     b, r = again[0]
-    original = np.where(e0["labels"][0] != IGNORE, e0["labels"][0], e0["input_ids"][0])
-    original_again = np.where(b["labels"][r] != IGNORE, b["labels"][r], b["input_ids"][r])
+    original = np.where(e0["labels"][0] != IGNORED_LABEL, e0["labels"][0], e0["input_ids"][0])
+    original_again = np.where(b["labels"][r] != IGNORED_LABEL, b["labels"][r], b["input_ids"][r])
     np.testing.assert_array_equal(original, original_again)  # same text
     assert not np.array_equal(e0["labels"][0], b["labels"][r])  # another mask
 

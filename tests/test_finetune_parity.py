@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import torch_training_losses  # noqa: E402
 from roberta_jax import task_kinds, tasks  # noqa: E402
+from roberta_jax.data.rows import IGNORED_LABEL  # noqa: E402
 from roberta_jax.finetune import load_model, make_steps, recipe  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
 
@@ -47,8 +48,8 @@ def _batches(kind: str, num_labels: int):
             batch["labels"] = rng.integers(0, num_labels, BATCH).astype(np.int32)
         elif kind == "tokens":
             labels = rng.integers(0, num_labels, shape).astype(np.int32)
-            labels[(mask == 0) | (rng.random(shape) < 0.3)] = task_kinds.IGNORE  # sub-tokens
-            labels[:, 0] = task_kinds.IGNORE
+            labels[(mask == 0) | (rng.random(shape) < 0.3)] = IGNORED_LABEL  # sub-tokens
+            labels[:, 0] = IGNORED_LABEL
             batch["labels"] = labels
         elif kind == "qa":
             starts = rng.integers(0, 5, BATCH).astype(np.int32)

@@ -14,6 +14,7 @@ import pytest
 import roberta_jax as rj
 from roberta_jax import parity, task_kinds, tasks
 from roberta_jax.data import pack_examples as pack
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.data.tokenizer import pad_batch
 from roberta_jax.model import position_ids_from_segments
 
@@ -167,9 +168,9 @@ def _split(kind_name, rng):
         data = types.SimpleNamespace(labels=rng.integers(0, 3, n).astype(np.int32))
         return task_kinds.Split(data, seqs, n)
     if kind_name == "tokens":
-        labels = [[task_kinds.IGNORE] + list(np.where(rng.random(k - 2) < 0.3, task_kinds.IGNORE,
+        labels = [[IGNORED_LABEL] + list(np.where(rng.random(k - 2) < 0.3, IGNORED_LABEL,
                                                       rng.integers(0, 3, k - 2)))
-                  + [task_kinds.IGNORE] for k in lengths]
+                  + [IGNORED_LABEL] for k in lengths]
         features = types.SimpleNamespace(ids=seqs, labels=labels)
         return task_kinds.Split(types.SimpleNamespace(tags=True), features, n)
     if kind_name == "qa":
@@ -247,8 +248,7 @@ def _qa_loss_over_own_tokens(model, params, batch):
 # ------------------------------------------------------------------------------- evaluation
 
 def _eval_split(kind_name, tokenizer):
-    from roberta_jax import qa
-    from roberta_jax.data import choices, classification, tokens
+    from roberta_jax.data import choices, classification, squad, tokens
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
     rng = np.random.default_rng(3)
     sentences = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(21)]
@@ -259,8 +259,8 @@ def _eval_split(kind_name, tokenizer):
         split = [s.split() for s in sentences]
         return tokens.TokenExamples(split, [list(rng.choice(tags, len(w))) for w in split])
     if kind_name == "qa":
-        return [qa.QAExample(str(i), sentences[i], " ".join(sentences[i + 1:i + 5]),
-                             [sentences[i + 1]], [0]) for i in range(15)]
+        return [squad.QAExample(str(i), sentences[i], " ".join(sentences[i + 1:i + 5]),
+                                [sentences[i + 1]], [0]) for i in range(15)]
     return choices.ChoiceExamples(sentences[:7], sentences[7:14],
                                   [[a, b, c] for a, b, c in zip(sentences, sentences[5:],
                                                                 sentences[9:])][:7],

@@ -8,7 +8,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import roberta_jax as rj  # noqa: E402
-from roberta_jax.data.masking import IGNORE, MaskingSpec, mask_batch  # noqa: E402
+from roberta_jax.data.masking import MaskingSpec, mask_batch  # noqa: E402
+from roberta_jax.data.rows import IGNORED_LABEL  # noqa: E402
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -72,7 +73,7 @@ def test_masking_never_touches_specials_or_padding(ids, seed, prob):
     spec = MaskingSpec(vocab_size=100, special_ids=(0, 1, 2, 99), mask_id=99, pad_id=1,
                        mask_prob=prob)
     out = mask_batch(row, np.asarray([seed]), seed, spec)
-    chosen = out["labels"] != IGNORE
+    chosen = out["labels"] != IGNORED_LABEL
     assert not chosen[np.isin(row, [0, 1, 2, 99])].any()
     np.testing.assert_array_equal(out["input_ids"][~chosen], row[~chosen])
     assert chosen.sum() <= spec.max_masked(row.shape[1])

@@ -7,9 +7,11 @@ import re
 import numpy as np
 import pytest
 
-from roberta_jax import qa
+from roberta_jax import metrics
+from roberta_jax.data import squad
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
+from roberta_jax.task_kinds import decode_answers
 
 CONTEXT = (
     "The red fox lives in a quiet forest near the river. Every morning it walks along the bank "
@@ -45,7 +47,8 @@ def _answer_examples():
         n = 1 + i % 3
         start = words[i][1]
         text = CONTEXT[start:words[i + n - 1][1] + len(words[i + n - 1][0])]
-        examples.append(qa.QAExample(f"q{i}", f"What comes at word {i}?", CONTEXT, [text], [start]))
+        examples.append(squad.QAExample(f"q{i}", f"What comes at word {i}?", CONTEXT, [text],
+                                        [start]))
     return examples
 
 
@@ -86,8 +89,8 @@ def _context_windows(features, w):
 def test_windows_overlap_by_exactly_stride_and_cover_the_context(tokenizer):
     max_length, stride, max_query = 40, 6, 5
     long_question = "What does the fox do every morning along the river bank near the forest?"
-    example = qa.QAExample("q", long_question, CONTEXT, [], [])
-    features = qa.make_features(tokenizer, [example], max_length, stride, max_query)
+    example = squad.QAExample("q", long_question, CONTEXT, [], [])
+    features = squad.make_features(tokenizer, [example], max_length, stride, max_query)
     question = tokenizer.encode(long_question)[:max_query]
     assert len(question) == max_query  # the question really was cut
     _, full = tokenizer.encode_with_offsets(CONTEXT)
@@ -116,7 +119,8 @@ def test_windows_overlap_by_exactly_stride_and_cover_the_context(tokenizer):
 
 def test_labels_point_at_the_answer_only_in_windows_holding_all_of_it(tokenizer):
     examples = _answer_examples()
-    features = qa.make_features(tokenizer, examples, max_length=40, stride=8, max_query_length=10)
+    features = squad.make_features(tokenizer, examples, max_length=40, stride=8,
+                                   max_query_length=10)
     assert features.unlocated_answers == 0
     labelled, partial = set(), 0
     for w, index in enumerate(features.example_index):
@@ -139,23 +143,24 @@ def test_labels_point_at_the_answer_only_in_windows_holding_all_of_it(tokenizer)
 
 
 def test_decoding_logits_that_peak_at_the_labels_gives_back_the_gold_answers(tokenizer):
-    examples = _answer_examples() + [qa.QAExample("none", "Who owns the fox?", CONTEXT, [], [])]
-    features = qa.make_features(tokenizer, examples, max_length=40, stride=8, max_query_length=10)
+    examples = _answer_examples() + [squad.QAExample("none", "Who owns the fox?", CONTEXT, [], [])]
+    features = squad.make_features(tokenizer, examples, max_length=40, stride=8,
+                                   max_query_length=10)
     start_logits = np.zeros(features.input_ids.shape, np.float32)
     end_logits = np.zeros(features.input_ids.shape, np.float32)
     rows = np.arange(len(features))
     start_logits[rows, features.start_positions] = 10.0
     end_logits[rows, features.end_positions] = 10.0
-    decoded = qa.decode(examples, features, start_logits, end_logits, version_2=True)
+    decoded = decode_answers(examples, features, start_logits, end_logits, version_2=True)
     predictions = {e.id: decoded[e.id]["text"] for e in examples}
     assert predictions == {e.id: (e.answers[0] if e.answers else "") for e in examples}
-    assert qa.evaluate(examples, predictions)["exact_match"] == 100.0
+    assert metrics.squad_scores(examples, predictions)["exact_match"] == 100.0
 
 
 def test_an_answer_start_that_misses_falls_back_to_the_text_or_to_no_answer(tokenizer):
-    moved = qa.QAExample("moved", "Where?", CONTEXT, ["stone bridge"], [3])
-    absent = qa.QAExample("absent", "Where?", CONTEXT, ["golden tower"], [3])
-    features = qa.make_features(tokenizer, [moved, absent], max_length=128, stride=16,
+    moved = squad.QAExample("moved", "Where?", CONTEXT, ["stone bridge"], [3])
+    absent = squad.QAExample("absent", "Where?", CONTEXT, ["golden tower"], [3])
+    features = squad.make_features(tokenizer, [moved, absent], max_length=128, stride=16,
                                 max_query_length=8)
     assert features.unlocated_answers == 1
     offsets = features.offsets[0]
@@ -166,17 +171,17 @@ def test_an_answer_start_that_misses_falls_back_to_the_text_or_to_no_answer(toke
 
 
 def test_an_empty_context_still_gets_one_window(tokenizer):
-    features = qa.make_features(tokenizer, [qa.QAExample("e", "Why?", "", [], [])], 16, 4, 4)
+    features = squad.make_features(tokenizer, [squad.QAExample("e", "Why?", "", [], [])], 16, 4, 4)
     assert len(features) == 1 and features.start_positions[0] == 0
-    assert qa.decode([qa.QAExample("e", "Why?", "", [], [])], features,
+    assert decode_answers([squad.QAExample("e", "Why?", "", [], [])], features,
                      np.zeros((1, 16)), np.zeros((1, 16)))["e"]["text"] == ""
 
 
 def test_a_stride_that_leaves_no_progress_is_refused(tokenizer):
-    example = qa.QAExample("q", "Where?", CONTEXT, [], [])
-    qa.make_features(tokenizer, [example], max_length=40, stride=27, max_query_length=8)
+    example = squad.QAExample("q", "Where?", CONTEXT, [], [])
+    squad.make_features(tokenizer, [example], max_length=40, stride=27, max_query_length=8)
     with pytest.raises(UserError, match="stride 28 .* = 28"):
-        qa.make_features(tokenizer, [example], max_length=40, stride=28, max_query_length=8)
+        squad.make_features(tokenizer, [example], max_length=40, stride=28, max_query_length=8)
 
 
 # ------------------------------------------------------------------------- decoding, by hand
@@ -190,7 +195,7 @@ def _hand_features(windows):
     """windows: (example index, first word) -> five context words at positions 3..7."""
     offsets = [[None] * 3 + SPANS[first:first + 5] + [None] for _, first in windows]
     n = len(windows)
-    return qa.QAFeatures(np.zeros((n, LENGTH), np.int32), np.ones((n, LENGTH), np.int32),
+    return squad.QAFeatures(np.zeros((n, LENGTH), np.int32), np.ones((n, LENGTH), np.int32),
                          np.zeros(n, np.int32), np.zeros(n, np.int32),
                          np.asarray([i for i, _ in windows], np.int32), offsets)
 
@@ -204,14 +209,14 @@ def _logits(n, **peaks):
     return start, end
 
 
-EXAMPLE = [qa.QAExample("x", "which?", WORDS, ["zeta eta"], [SPANS[5][0]])]
+EXAMPLE = [squad.QAExample("x", "which?", WORDS, ["zeta eta"], [SPANS[5][0]])]
 
 
 def test_the_best_span_may_come_from_the_second_of_two_overlapping_windows():
     features = _hand_features([(0, 0), (0, 3)])  # words 0-4 and 3-7: delta, epsilon shared
     # window 0: "beta" scores 2 + 2 = 4; window 1: "zeta eta" (positions 5, 6) scores 3 + 3 = 6.
     start, end = _logits(2, s0_4=2.0, e0_4=2.0, s1_5=3.0, e1_6=3.0)
-    result = qa.decode(EXAMPLE, features, start, end, n_best=5)["x"]
+    result = decode_answers(EXAMPLE, features, start, end, n_best=5)["x"]
     assert result["text"] == "zeta eta" and result["score"] == 6.0
     nbest = result["nbest"]
     assert [c["text"] for c in nbest[:2]] == ["zeta eta", "beta"]
@@ -226,7 +231,7 @@ def test_a_span_seen_by_two_windows_is_listed_once_with_its_best_score():
     features = _hand_features([(0, 0), (0, 3)])
     # "delta" is position 6 of window 0 and position 3 of window 1: scores 4 and 3.
     start, end = _logits(2, s0_6=2.0, e0_6=2.0, s1_3=1.5, e1_3=1.5)
-    nbest = qa.decode(EXAMPLE, features, start, end)["x"]["nbest"]
+    nbest = decode_answers(EXAMPLE, features, start, end)["x"]["nbest"]
     assert (nbest[0]["text"], nbest[0]["score"]) == ("delta", 4.0)
     assert [c["text"] for c in nbest].count("delta") == 1
 
@@ -235,9 +240,9 @@ def test_a_span_longer_than_max_answer_length_is_rejected():
     features = _hand_features([(0, 0)])
     # alpha..epsilon (positions 3-7, five tokens) scores 5 + 5 = 10; alpha..beta scores 5 + 1.
     start, end = _logits(1, s0_3=5.0, e0_7=5.0, e0_4=1.0)
-    assert qa.decode(EXAMPLE, features, start, end, max_answer_length=5)["x"]["text"] == \
+    assert decode_answers(EXAMPLE, features, start, end, max_answer_length=5)["x"]["text"] == \
         "alpha beta gamma delta epsilon"
-    assert qa.decode(EXAMPLE, features, start, end, max_answer_length=4)["x"]["text"] == \
+    assert decode_answers(EXAMPLE, features, start, end, max_answer_length=4)["x"]["text"] == \
         "alpha beta"
 
 
@@ -246,7 +251,7 @@ def test_spans_touching_question_special_or_padding_tokens_are_rejected():
     # Big logits at the question (1), <s> (0) and the closing </s> (8); "gamma" only 1 + 1.
     start, end = _logits(1, s0_0=9.0, e0_0=9.0, s0_1=9.0, e0_1=9.0, s0_8=9.0, e0_8=9.0,
                          s0_5=1.0, e0_5=1.0)
-    result = qa.decode(EXAMPLE, features, start, end)["x"]
+    result = decode_answers(EXAMPLE, features, start, end)["x"]
     assert result["text"] == "gamma" and result["score"] == 2.0
     assert all(c["text"] in WORDS for c in result["nbest"])
 
@@ -257,24 +262,26 @@ def test_version_2_answers_nothing_when_the_null_score_wins_by_more_than_the_thr
     # Best span "gamma" 1.5 + 1.5 = 3 in window 0, so null - best = -1.
     start, end = _logits(2, s0_0=2.0, e0_0=2.0, s1_0=1.0, e1_0=1.0, s0_5=1.5, e0_5=1.5)
     for threshold, text in ((-1.5, ""), (-0.5, "gamma")):
-        result = qa.decode(EXAMPLE, features, start, end, version_2=True,
+        result = decode_answers(EXAMPLE, features, start, end, version_2=True,
                            null_threshold=threshold)["x"]
         assert result["text"] == text and result["null_score"] == 2.0
         assert result["score"] == (2.0 if text == "" else 3.0)
-    assert qa.decode(EXAMPLE, features, start, end, null_threshold=-1.5)["x"]["text"] == "gamma"
+    assert decode_answers(EXAMPLE, features, start, end,
+                          null_threshold=-1.5)["x"]["text"] == "gamma"
 
 
 def test_decode_refuses_logits_of_the_wrong_shape():
     features = _hand_features([(0, 0)])
     with pytest.raises(UserError, match="logits"):
-        qa.decode(EXAMPLE, features, np.zeros((2, LENGTH)), np.zeros((2, LENGTH)))
+        decode_answers(EXAMPLE, features, np.zeros((2, LENGTH)), np.zeros((2, LENGTH)))
 
 
 # ---------------------------------------------------------------------------------- scoring
 
 def test_normalization_follows_the_official_script():
-    assert qa.normalize_answer("The  Quick, brown-fox!") == "quick brownfox"
-    assert qa.normalize_answer("Banana an apple a day") == "banana apple day"  # whole words only
+    assert metrics.normalize_answer("The  Quick, brown-fox!") == "quick brownfox"
+    # whole words only
+    assert metrics.normalize_answer("Banana an apple a day") == "banana apple day"
 
 
 @pytest.mark.parametrize("prediction, gold, em, f1", [
@@ -290,12 +297,12 @@ def test_normalization_follows_the_official_script():
     ("London", "Paris", 0.0, 0.0),
 ])
 def test_exact_match_and_f1_on_hand_worked_pairs(prediction, gold, em, f1):
-    assert qa.exact_match(prediction, gold) == em
-    assert qa.f1(prediction, gold) == pytest.approx(f1)
+    assert metrics.exact_match(prediction, gold) == em
+    assert metrics.answer_f1(prediction, gold) == pytest.approx(f1)
 
 
 def _ex(id, answers):
-    return qa.QAExample(id, "?", "context", answers, [0] * len(answers))
+    return squad.QAExample(id, "?", "context", answers, [0] * len(answers))
 
 
 V2_SET = [_ex("a", ["Denver Broncos", "the Broncos"]), _ex("b", ["1990"]), _ex("c", []),
@@ -307,7 +314,7 @@ def test_v2_scores_split_into_answerable_and_unanswerable_questions():
     # a: "broncos" equals the normalised "the Broncos": EM 1, F1 1.
     # b: "in 1990" vs "1990": EM 0; precision 1/2, recall 1 -> F1 2/3.
     # c: unanswerable, predicted "": EM 1, F1 1.   d: unanswerable, predicted "Paris": 0, 0.
-    scores = qa.evaluate(V2_SET, predictions)
+    scores = metrics.squad_scores(V2_SET, predictions)
     expected = {"exact_match": 50.0, "f1": 100 * (1 + 2 / 3 + 1) / 4, "total": 4,
                 "HasAns_exact": 50.0, "HasAns_f1": 100 * (1 + 2 / 3) / 2, "HasAns_total": 2,
                 "NoAns_exact": 50.0, "NoAns_f1": 50.0, "NoAns_total": 2}
@@ -315,19 +322,19 @@ def test_v2_scores_split_into_answerable_and_unanswerable_questions():
 
 
 def test_v1_scores_take_the_best_gold_answer_and_have_no_splits():
-    scores = qa.evaluate(V2_SET[:2], {"a": "Denver", "b": "1990"})
+    scores = metrics.squad_scores(V2_SET[:2], {"a": "Denver", "b": "1990"})
     # a: "denver" vs "denver broncos": precision 1, recall 1/2 -> 2/3 (vs "broncos": 0).
     assert scores == pytest.approx({"exact_match": 50.0, "f1": 100 * (2 / 3 + 1) / 2, "total": 2})
 
 
 def test_gold_answers_that_normalise_to_nothing_are_dropped_as_the_official_script_does():
     # Gold "The" is dropped, leaving "Paris": an empty prediction scores 0, not 100.
-    assert qa.evaluate([_ex("e", ["The", "Paris"])], {"e": ""})["f1"] == 0.0
+    assert metrics.squad_scores([_ex("e", ["The", "Paris"])], {"e": ""})["f1"] == 0.0
 
 
 def test_scoring_without_a_prediction_for_every_question_is_refused():
     with pytest.raises(UserError, match="lack 1 of the 4"):
-        qa.evaluate(V2_SET, {"a": "", "b": "", "c": ""})
+        metrics.squad_scores(V2_SET, {"a": "", "b": "", "c": ""})
 
 
 def _decoded(null_score, best_text, best_score):
@@ -341,11 +348,11 @@ def test_best_null_threshold_is_the_official_search_and_reproduces_its_f1():
     decoded = {"a": _decoded(0.0, "Broncos", 2.0), "b": _decoded(1.0, "1980", 0.0),
                "c": _decoded(1.5, "x", 1.0), "d": _decoded(4.0, "y", 1.0)}
     # All silent: c and d right -> 2. Let a answer: 3 (threshold -2). Then c: 2, b: 2, d: 1.
-    best_f1, threshold = qa.best_null_threshold(V2_SET, decoded)
+    best_f1, threshold = metrics.best_null_threshold(V2_SET, decoded)
     assert (best_f1, threshold) == (75.0, -2.0)
     predictions = {k: "" if v["null_score"] - v["nbest"][0]["score"] > threshold
                    else v["nbest"][0]["text"] for k, v in decoded.items()}
-    assert qa.evaluate(V2_SET, predictions)["f1"] == best_f1
+    assert metrics.squad_scores(V2_SET, predictions)["f1"] == best_f1
 
 
 def test_best_null_threshold_switches_tied_questions_together():
@@ -353,14 +360,14 @@ def test_best_null_threshold_switches_tied_questions_together():
     # nothing, so the best is all silent, 50%, at a threshold below every difference.
     decoded = {"a": _decoded(2.0, "Broncos", 2.0), "b": _decoded(5.0, "1980", 0.0),
                "c": _decoded(1.0, "x", 1.0), "d": _decoded(4.0, "y", 1.0)}
-    best_f1, threshold = qa.best_null_threshold(V2_SET, decoded)
+    best_f1, threshold = metrics.best_null_threshold(V2_SET, decoded)
     assert best_f1 == 50.0 and threshold < 0.0
 
 
 # ---------------------------------------------------------------------------------- reading
 
 def test_read_squad_reads_the_official_json_layout(tmp_path):
-    squad = {"version": "v2.0", "data": [{"title": "Fox", "paragraphs": [
+    official = {"version": "v2.0", "data": [{"title": "Fox", "paragraphs": [
         {"context": CONTEXT, "qas": [
             {"id": "q1", "question": "Where does the fox live?",
              "answers": [{"text": "a quiet forest", "answer_start": 21},
@@ -371,12 +378,12 @@ def test_read_squad_reads_the_official_json_layout(tmp_path):
             {"id": "q3", "question": "How long?", "answers": [{"text": "Short",
                                                                 "answer_start": 0}]}]}]}]}
     path = tmp_path / "dev-v2.0.json"
-    path.write_text(json.dumps(squad), encoding="utf-8")
-    assert qa.read_squad(str(path)) == [
-        qa.QAExample("q1", "Where does the fox live?", CONTEXT, ["a quiet forest", "forest"],
+    path.write_text(json.dumps(official), encoding="utf-8")
+    assert squad.read_squad(str(path)) == [
+        squad.QAExample("q1", "Where does the fox live?", CONTEXT, ["a quiet forest", "forest"],
                      [21, 29]),
-        qa.QAExample("q2", "Who owns the fox?", CONTEXT, [], []),
-        qa.QAExample("q3", "How long?", "Short.", ["Short"], [0])]
+        squad.QAExample("q2", "Who owns the fox?", CONTEXT, [], []),
+        squad.QAExample("q3", "How long?", "Short.", ["Short"], [0])]
     assert CONTEXT[21:21 + len("a quiet forest")] == "a quiet forest"
 
 
@@ -387,15 +394,15 @@ def test_read_squad_reads_jsonl_in_the_datasets_layout(tmp_path):
                 "answers": {"text": [], "answer_start": []}}]
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n", encoding="utf-8")
-    assert qa.read_squad(str(path)) == [qa.QAExample("1", "Q?", "Alpha beta.", ["beta"], [6]),
-                                        qa.QAExample("2", "R?", "Gamma.", [], [])]
+    assert squad.read_squad(str(path)) == [squad.QAExample("1", "Q?", "Alpha beta.", ["beta"], [6]),
+                                        squad.QAExample("2", "R?", "Gamma.", [], [])]
 
 
 @pytest.mark.parametrize("name", ["squad/v1.1", "squad/v2.0"])
 def test_read_squad_reads_tfds_and_survives_answer_starts_that_miss(name, tokenizer):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-        examples = qa.read_squad(f"tfds:{name}", split="validation")
+        examples = squad.read_squad(f"tfds:{name}", split="validation")
         raw = list(tfds.as_numpy(tfds.load(name, split="validation", download=False)))
     assert len(examples) == 6
     for example, row in zip(examples, raw):
@@ -407,7 +414,7 @@ def test_read_squad_reads_tfds_and_survives_answer_starts_that_miss(name, tokeni
             assert example.answers == [t.decode() for t in row["answers"]["text"]]
             assert example.answer_starts == [int(s) for s in row["answers"]["answer_start"]]
     # Mock contexts are random letters: most answers are nowhere in them. That is counted.
-    features = qa.make_features(tokenizer, examples, max_length=64, stride=16,
+    features = squad.make_features(tokenizer, examples, max_length=64, stride=16,
                                 max_query_length=16)
     findable = sum(bool(e.answers) and e.answers[0] in e.context for e in examples)
     assert features.unlocated_answers == sum(bool(e.answers) for e in examples) - findable
@@ -417,7 +424,7 @@ def test_read_squad_reads_tfds_and_survives_answer_starts_that_miss(name, tokeni
 def test_read_squad_from_a_tfds_folder_without_the_data_says_so(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(UserError, match="tfds:squad/v1.1: cannot load"):
-        qa.read_squad("tfds:squad/v1.1", tfds_data_dir=str(tmp_path))
+        squad.read_squad("tfds:squad/v1.1", tfds_data_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize("content, message", [
@@ -438,10 +445,10 @@ def test_bad_squad_files_raise_one_line_user_errors(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_bytes(content)
     with pytest.raises(UserError, match=message) as caught:
-        qa.read_squad(str(path))
+        squad.read_squad(str(path))
     assert "\n" not in str(caught.value)
 
 
 def test_a_missing_squad_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        qa.read_squad(str(tmp_path / "nope.json"))
+        squad.read_squad(str(tmp_path / "nope.json"))

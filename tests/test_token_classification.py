@@ -8,9 +8,9 @@ import pytest
 from conftest import small_bpe_tokenizer, tfds_records
 
 from roberta_jax import metrics
+from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.data.tokens import (
-    IGNORED,
     TokenExamples,
     encode_words,
     read_conll,
@@ -52,16 +52,16 @@ def test_only_the_first_sub_token_of_each_word_carries_its_tag(tokenizer):
         assert labels[position] == ids_of_tags[number]
         assert word_index[position] == number
         continuation = slice(position + 1, position + len(word_ids))
-        assert set(labels[continuation]) <= {IGNORED}
+        assert set(labels[continuation]) <= {IGNORED_LABEL}
         assert set(word_index[continuation]) <= {-1}
         position += len(word_ids)
-    assert labels[0] == labels[-1] == IGNORED and word_index[0] == word_index[-1] == -1
-    assert sum(label != IGNORED for label in labels) == len(WORDS)
+    assert labels[0] == labels[-1] == IGNORED_LABEL and word_index[0] == word_index[-1] == -1
+    assert sum(label != IGNORED_LABEL for label in labels) == len(WORDS)
 
 
 def test_without_tags_every_label_is_ignored(tokenizer):
     ids, labels, word_index = encode_words(tokenizer, WORDS)
-    assert set(labels) == {IGNORED}
+    assert set(labels) == {IGNORED_LABEL}
     assert [w for w in word_index if w >= 0] == list(range(len(WORDS)))
 
 
@@ -77,7 +77,7 @@ def test_truncation_cuts_sub_tokens_and_drops_the_words_whose_first_one_is_cut(t
     starts = np.cumsum([0] + [len(p) for p in pieces])[:-1]
     kept = [n for n, start in enumerate(starts) if start < max_length - 2]
     assert [w for w in word_index if w >= 0] == kept
-    assert [label for label in labels if label != IGNORED] == kept
+    assert [label for label in labels if label != IGNORED_LABEL] == kept
 
 
 def test_max_length_must_hold_the_special_tokens(tokenizer):
@@ -99,7 +99,7 @@ def test_a_word_without_ids_becomes_unk():
 
     ids, labels, word_index = encode_words(Blank(), ["ab", "\u200b", "c"], [5, 6, 7])
     assert ids == [0, 7, 7, 3, 7, 2]
-    assert labels == [IGNORED, 5, IGNORED, 6, 7, IGNORED]
+    assert labels == [IGNORED_LABEL, 5, IGNORED_LABEL, 6, 7, IGNORED_LABEL]
     assert word_index == [-1, 0, -1, 1, 2, -1]
 
 
@@ -111,7 +111,7 @@ def test_word_predictions_read_back_each_words_tag(tokenizer, max_length):
     logits = rng.normal(size=(max_length + 3, 6))  # padded past the sequence
     for position, label in enumerate(labels):
         # continuation sub-tokens point elsewhere: only the first sub-token may count
-        logits[position, label if label != IGNORED else 4] += 10
+        logits[position, label if label != IGNORED_LABEL else 4] += 10
     predicted = word_predictions(logits, word_index, len(WORDS), outside_id=0)
     kept = max(word_index) + 1
     assert predicted == tag_of_word[:kept] + [0] * (len(WORDS) - kept)
@@ -132,10 +132,10 @@ def test_token_batches_pad_labels_with_ignored(tokenizer):
                                  tokenizer.pad_id, (8, 64)))
     assert [b["input_ids"].shape for b in batches] == [(2, 8), (2, 64)]
     first, last = batches
-    assert first["labels"].shape == (2, 8) and (first["labels"][0, 4:] == IGNORED).all()
+    assert first["labels"].shape == (2, 8) and (first["labels"][0, 4:] == IGNORED_LABEL).all()
     assert list(first["labels"][1]) == encoded[1][1]
     assert list(last["weights"]) == [1, 0] and list(last["index"]) == [2, 2]
-    assert (last["labels"][0, last["attention_mask"][0] == 0] == IGNORED).all()
+    assert (last["labels"][0, last["attention_mask"][0] == 0] == IGNORED_LABEL).all()
 
 
 # ----------------------------------------------------------------------- entity metrics

@@ -240,9 +240,9 @@ def test_local_recipe_scales_with_the_model_and_glue_keeps_its_own():
     assert recipe(unset, local, 100, hidden_size=64).lr == pytest.approx(8.31e-4, rel=1e-3)
     assert recipe(unset, local, 100, hidden_size=1024).lr < 2e-5
     for width in (64, 1024):
-        assert recipe(unset, tasks.TASKS["rte"], 100, hidden_size=width).lr == 2e-5
-        assert recipe(unset, tasks.TASKS["sst2"], 100, hidden_size=width).lr == 1e-5
-    assert local.seeds == (1,) and tasks.TASKS["mnli"].seeds == (1, 2, 3, 4, 5)
+        assert recipe(unset, tasks.NAMED_TASKS["rte"], 100, hidden_size=width).lr == 2e-5
+        assert recipe(unset, tasks.NAMED_TASKS["sst2"], 100, hidden_size=width).lr == 1e-5
+    assert local.seeds == (1,) and tasks.NAMED_TASKS["mnli"].seeds == (1, 2, 3, 4, 5)
 
 
 def test_finetune_prints_the_test_score_of_the_epoch_the_dev_set_picked(local_run):

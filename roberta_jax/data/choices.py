@@ -15,7 +15,7 @@ import string
 
 import numpy as np
 
-from roberta_jax.data.classification import batch_rows, bucket_length, read_rows
+from roberta_jax.data.rows import batch_rows, bucket_length, read_rows
 from roberta_jax.data.tfds_records import read_tfds
 from roberta_jax.data.tokenizer import Tokenizer, pad_batch
 from roberta_jax.errors import UserError
@@ -179,7 +179,7 @@ def encode_choices(tokenizer: Tokenizer, examples: ChoiceExamples,
 def choice_batches(encoded: list[list[list[int]]], labels, batch_size: int, pad_id: int,
                    buckets: tuple[int, ...], order: np.ndarray | None = None,
                    drop_last: bool = False):
-    """Fixed-size batches as classification.batches makes them, with input_ids and
+    """Fixed-size batches as rows.batches makes them, with input_ids and
     attention_mask [batch, num_choices, length]; weights, labels and index stay [batch]."""
     order = np.arange(len(encoded)) if order is None else order
     for rows, weights in batch_rows(order, batch_size, drop_last):

@@ -1,20 +1,18 @@
 """Sentence and sentence-pair classification / regression inputs.
 
 Examples come from local files (jsonl, tsv, csv with a header) or tfds (`tfds:glue/sst2`), and
-become fixed-shape batches: ids padded to a bucket length (the smallest of `buckets` that fits
-the batch's longest row), so one compiled step serves most batches.
+become fixed-shape batches (data/rows.py's `batches`).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
 
-from roberta_jax.data.tokenizer import Tokenizer, pad_batch
+from roberta_jax.data.rows import read_rows
+from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
 
 
@@ -100,34 +98,6 @@ def _label_ids(raw, names, source):
     return np.asarray([index[s] for s in strings], np.int32), names
 
 
-def read_utf8(path: pathlib.Path) -> str:
-    """The text of a file, or one clear line saying why it cannot be had."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
-
-
-def read_rows(path: pathlib.Path) -> list[dict]:
-    """Records of a jsonl file, or rows of a tsv / csv file with a header."""
-    text = read_utf8(path)
-    if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        return rows
-    dialect = "excel-tab" if path.suffix in (".tsv", ".tab") else "excel"
-    return list(csv.DictReader(text.splitlines(), dialect=dialect))
-
-
 def _tfds_rows(name: str, split: str, data_dir: str | None) -> list[dict]:
     from roberta_jax.data.tfds_records import read_tfds
     return read_tfds(name, split, data_dir)[0]
@@ -138,40 +108,3 @@ def encode(tokenizer: Tokenizer, examples: Examples, max_length: int,
     pairs = examples.pairs or [None] * len(examples.texts)
     return [tokenizer(t, p, max_length=max_length, truncation=truncation)
             for t, p in zip(examples.texts, pairs)]
-
-
-def bucket_length(longest: int, buckets: tuple[int, ...]) -> int:
-    for b in sorted(buckets):
-        if longest <= b:
-            return b
-    return max(buckets)
-
-
-def batch_rows(order: np.ndarray, batch_size: int, drop_last: bool = False):
-    """(rows, weights) per fixed-size batch of `order`: a short last batch is dropped, or filled
-    up with weight-0 copies of its first row so that every batch has the same shape."""
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        if len(rows) < batch_size and drop_last:
-            return
-        weights = np.zeros(batch_size, np.float32)
-        weights[:len(rows)] = 1
-        yield np.concatenate([rows, np.full(batch_size - len(rows), rows[0])]), weights
-
-
-def batches(encoded: list[list[int]], labels, batch_size: int, pad_id: int,
-            buckets: tuple[int, ...], order: np.ndarray | None = None, drop_last: bool = False,
-            label_pad: int | None = None):
-    """Fixed-size batches (see batch_rows) padded to the bucket of their longest row. Labels are
-    one per row (an array), or with `label_pad` one per token (lists, padded with it)."""
-    order = np.arange(len(encoded)) if order is None else order
-    for rows, weights in batch_rows(order, batch_size, drop_last):
-        seqs = [encoded[i] for i in rows]
-        length = bucket_length(max(len(s) for s in seqs), buckets)
-        ids, mask = pad_batch(seqs, length, pad_id)
-        batch = {"input_ids": ids, "attention_mask": mask, "weights": weights, "index": rows}
-        if labels is not None and label_pad is not None:
-            batch["labels"] = pad_batch([labels[i] for i in rows], length, label_pad)[0]
-        elif labels is not None:
-            batch["labels"] = labels[rows]
-        yield batch

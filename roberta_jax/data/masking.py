@@ -31,7 +31,8 @@ import dataclasses
 
 import numpy as np
 
-IGNORE = -100
+from roberta_jax.data.rows import IGNORED_LABEL
+
 UNITS = ("token", "word", "span")
 
 # Purposes: independent streams of draws for one (example, position).
@@ -105,7 +106,7 @@ def mask_batch(ids: np.ndarray, examples: np.ndarray, seed: int, spec: MaskingSp
     to_mask = chosen & (action < spec.replace_with_mask)
     to_random = chosen & ~to_mask & (action < spec.replace_with_mask + spec.replace_with_random)
     inputs = np.where(to_mask, spec.mask_id, np.where(to_random, random_tokens, ids))
-    labels = np.where(chosen, ids, IGNORE)
+    labels = np.where(chosen, ids, IGNORED_LABEL)
 
     # Gather view: chosen positions first (in order), padded with position 0 and weight 0.
     order = np.argsort(~chosen, axis=1, kind="stable")[:, :slots]

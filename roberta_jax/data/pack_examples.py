@@ -20,7 +20,7 @@ import logging
 
 import numpy as np
 
-from roberta_jax.data.classification import bucket_length
+from roberta_jax.data.rows import bucket_length
 from roberta_jax.errors import UserError
 
 

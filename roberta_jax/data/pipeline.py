@@ -91,10 +91,6 @@ class PackedCorpus:
     def __len__(self) -> int:
         return len(self.index)
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.shards.lengths.sum())
-
     def blocks(self, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, start, end) of each block: where its tokens lie."""
         return self.index.locate(blocks)
@@ -160,6 +156,8 @@ class PretrainingBatches:
 
     @property
     def steps_per_epoch(self) -> float:
+        """Steps that read every block once (experiments/bench_document_attention.py scores a
+        held-out corpus with it)."""
         return len(self.corpus) / self.batch_size
 
     def batch(self, step: int) -> dict[str, np.ndarray]:

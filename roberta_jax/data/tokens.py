@@ -14,14 +14,11 @@ import pathlib
 
 import numpy as np
 
-from roberta_jax.data.classification import batches, read_rows, read_utf8
+from roberta_jax.data.rows import IGNORED_LABEL, batches, read_rows, read_utf8
 from roberta_jax.data.tfds_records import read_tfds
 from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
 
-# Label of the tokens the loss skips (specials, word continuations, padding). -100 because
-# Hugging Face's datasets and torch's cross-entropy use it, so their encoded data carries over.
-IGNORED = -100
 OUTSIDE = "O"  # the tag of words outside every entity
 
 
@@ -151,21 +148,22 @@ def tag_ids(tags: list[list[str]], names: list[str]) -> list[list[int]]:
 def encode_words(tokenizer: Tokenizer, words: list[str], tag_ids: list[int] | None = None,
                  max_length: int = 512) -> tuple[list[int], list[int], list[int]]:
     """-> (ids, labels, word_index) of `<s> words </s>`: labels hold a word's tag id on its first
-    sub-token and IGNORED elsewhere; word_index holds the word's number there and -1 elsewhere.
+    sub-token and IGNORED_LABEL elsewhere; word_index holds the word's number there and -1
+    elsewhere.
     Past max_length the sub-tokens are cut (a word whose first sub-token is cut is dropped)."""
     if max_length < 2:
         raise UserError("max_length is too small to hold the special tokens")
     if tag_ids is not None and len(tag_ids) != len(words):
         raise UserError(f"{len(words)} words but {len(tag_ids)} tags")
-    ids, labels, word_index = [tokenizer.bos_id], [IGNORED], [-1]
+    ids, labels, word_index = [tokenizer.bos_id], [IGNORED_LABEL], [-1]
     pieces = tokenizer.encode_batch([" " + word for word in words])
     for number, word_ids in enumerate(pieces):
         for k, piece in enumerate(word_ids or [tokenizer.unk_id]):
             ids.append(piece)
-            labels.append(tag_ids[number] if k == 0 and tag_ids is not None else IGNORED)
+            labels.append(tag_ids[number] if k == 0 and tag_ids is not None else IGNORED_LABEL)
             word_index.append(number if k == 0 else -1)
     del ids[max_length - 1:], labels[max_length - 1:], word_index[max_length - 1:]
-    return ids + [tokenizer.eos_id], labels + [IGNORED], word_index + [-1]
+    return ids + [tokenizer.eos_id], labels + [IGNORED_LABEL], word_index + [-1]
 
 
 def word_predictions(token_logits: np.ndarray, word_index: list[int], num_words: int,
@@ -183,7 +181,7 @@ def word_predictions(token_logits: np.ndarray, word_index: list[int], num_words:
 def token_batches(encoded: list[list[int]], labels: list[list[int]] | None, batch_size: int,
                   pad_id: int, buckets: tuple[int, ...], order: np.ndarray | None = None,
                   drop_last: bool = False):
-    """Fixed-size batches as classification.batches makes them, with labels [batch, length]
-    (IGNORED on padding) in place of one label per row."""
+    """Fixed-size batches as rows.batches makes them, with labels [batch, length]
+    (IGNORED_LABEL on padding) in place of one label per row."""
     return batches(encoded, labels, batch_size, pad_id, buckets, order, drop_last,
-                   label_pad=IGNORED)
+                   label_pad=IGNORED_LABEL)

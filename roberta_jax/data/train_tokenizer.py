@@ -40,7 +40,7 @@ from roberta_jax.data.tokenizer import (
 )
 from roberta_jax.errors import UserError
 
-KINDS = ("sentencepiece", "bpe")
+TOKENIZER_TYPES = ("sentencepiece", "bpe")
 SPM_MODEL_TYPES = ("unigram", "bpe")
 MAX_CHARS = 2000          # a sentence longer than this is cut into chunks at white space
 _SENTENCE_END = re.compile(r"(?<=[.!?\u3002\uff01\uff1f])[\"'\u201d\u2019)\]]*\s+(?=\S)")
@@ -183,8 +183,9 @@ def train_tokenizer(inputs: list[str], vocab_size: int, output: str, *,
 
     `vocab_size` is the model's vocabulary, specials and `<mask>` included.
     """
-    if kind not in KINDS:
-        raise UserError(f"unknown tokenizer type {kind!r}; use one of {', '.join(KINDS)}")
+    if kind not in TOKENIZER_TYPES:
+        raise UserError(f"unknown tokenizer type {kind!r}; use one of "
+                        f"{', '.join(TOKENIZER_TYPES)}")
     if vocab_size < 16:
         raise UserError(f"--vocab-size {vocab_size} is too small")
     if max_sentences < 1:

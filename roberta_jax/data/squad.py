@@ -1,29 +1,34 @@
-"""Extractive question answering (SQuAD v1.1 / v2.0): examples in, windowed features out, logits
-back to answer text, and the official exact-match / F1 scores.
+"""Extractive question answering (SQuAD v1.1 / v2.0) inputs: examples read from tfds, the
+official json or jsonl, and windowed features made of them.
 
 A context longer than the model's input is cut into overlapping windows, each laid out as
 `<s> question </s></s> context-window </s>`. A window is trained to point at the answer only when
 the whole answer lies inside it; otherwise (and for unanswerable questions) it points at `<s>`,
-position 0, which doubles as the "no answer" score at decoding time.
-
-Pure Python and numpy: the model hands over start / end logits, nothing here touches jax.
+position 0, which doubles as the "no answer" score at decoding time (task_kinds.decode_answers).
+The official scores are metrics.squad_scores.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import pathlib
-import re
-import string
 
 import numpy as np
 
+from roberta_jax.data.rows import read_utf8
 from roberta_jax.data.tokenizer import Tokenizer
 from roberta_jax.errors import UserError
 
 NO_ANSWER = 0  # the `<s>` position: the label and score slot for "no answer in this window"
+
+# Hugging Face run_qa's defaults, which the SQuAD recipe follows: fine-tuning's config starts
+# from them (tests/test_structure.py holds it to that), and `predict` uses them.
+MAX_LENGTH = 384        # tokens per window
+STRIDE = 128            # context tokens that consecutive windows share (run_qa's doc_stride)
+MAX_QUERY_LENGTH = 64   # question tokens kept
+N_BEST = 20             # candidate starts and ends considered per window when decoding
+MAX_ANSWER_LENGTH = 30  # tokens in an answer at most
 SPECIALS_AROUND_PAIR = 4  # <s> q </s></s> c </s>
 
 
@@ -70,7 +75,6 @@ def read_squad(source: str, split: str = "train",
 
 
 def _file_examples(path: pathlib.Path) -> list[QAExample]:
-    from roberta_jax.data.classification import read_utf8
     text = read_utf8(path)
     if not text.strip():
         raise UserError(f"{path}: empty file; give SQuAD json or jsonl records")
@@ -161,8 +165,8 @@ def _tfds_examples(name: str, split: str, data_dir: str | None) -> list[QAExampl
 
 # ----------------------------------------------------------------------------------- features
 
-def make_features(tokenizer: Tokenizer, examples: list[QAExample], max_length: int = 384,
-                  stride: int = 128, max_query_length: int = 64) -> QAFeatures:
+def make_features(tokenizer: Tokenizer, examples: list[QAExample], max_length: int = MAX_LENGTH,
+                  stride: int = STRIDE, max_query_length: int = MAX_QUERY_LENGTH) -> QAFeatures:
     """Windows over each example's context. `stride` is how many context tokens consecutive
     windows share (Hugging Face run_qa's doc_stride), so each window starts `room - stride`
     tokens after the last, `room` being what the question leaves of `max_length`."""
@@ -231,177 +235,3 @@ def _pad(rows: list[list[int]], length: int, pad_id: int) -> tuple[np.ndarray, n
         ids[r, :len(row)] = row
         mask[r, :len(row)] = 1
     return ids, mask
-
-
-# ----------------------------------------------------------------------------------- decoding
-
-def decode(examples: list[QAExample], features: QAFeatures, start_logits, end_logits,
-           n_best: int = 20, max_answer_length: int = 30, version_2: bool = False,
-           null_threshold: float = 0.0) -> dict[str, dict]:
-    """Per example id: {"text", "score", "null_score", "nbest"}.
-
-    Candidates are the top `n_best` start and end positions among the context tokens of every
-    window of the example, kept when end >= start and the span is at most `max_answer_length`
-    tokens; score = start + end logit, equal texts from overlapping windows counted once. The
-    null score is the lowest `<s>` score over the windows (the window most sure an answer is
-    there). With `version_2`, "" is predicted when null_score - best score > null_threshold.
-    The "score" of a "" prediction is the null score.
-    """
-    start_logits = np.asarray(start_logits, np.float32)
-    end_logits = np.asarray(end_logits, np.float32)
-    expected = features.input_ids.shape
-    if start_logits.shape != expected or end_logits.shape != expected:
-        raise UserError(f"QA logits have shapes {start_logits.shape} / {end_logits.shape}; the "
-                        f"features need {expected} (one row per window, one logit per token)")
-    if n_best < 1 or max_answer_length < 1:
-        raise UserError("n_best and max_answer_length must be at least 1")
-    windows_of = collections.defaultdict(list)
-    for w, index in enumerate(features.example_index):
-        windows_of[int(index)].append(w)
-    decoded = {}
-    for index, example in enumerate(examples):
-        windows = windows_of[index]
-        if not windows:
-            raise UserError(f"example {example.id!r} has no windows in these features; decode "
-                            "with the examples the features were made from")
-        null_score = min(float(start_logits[w, NO_ANSWER] + end_logits[w, NO_ANSWER])
-                         for w in windows)
-        nbest = _nbest(example.context, features.offsets, start_logits, end_logits, windows,
-                       n_best, max_answer_length)
-        answer_null = not nbest or version_2 and null_score - nbest[0]["score"] > null_threshold
-        decoded[example.id] = {
-            "text": "" if answer_null else nbest[0]["text"],
-            "score": null_score if answer_null else nbest[0]["score"],
-            "null_score": null_score, "nbest": nbest}
-    return decoded
-
-
-def _nbest(context, offsets, start_logits, end_logits, windows, n_best, max_answer_length):
-    candidates = []  # (score, window, start token, end token)
-    for w in windows:
-        in_context = np.array([o is not None for o in offsets[w]])
-        # The n best among the context's tokens: what the model says at question, special or
-        # padding tokens (which a packed row does not even compute) takes no candidate's place.
-        top_starts = np.argsort(-np.where(in_context, start_logits[w], -np.inf),
-                                kind="stable")[:n_best]
-        top_ends = np.argsort(-np.where(in_context, end_logits[w], -np.inf),
-                              kind="stable")[:n_best]
-        s, e = top_starts[:, None], top_ends[None, :]
-        valid = (in_context[s] & in_context[e] & (e >= s) & (e - s < max_answer_length))
-        for i, j in zip(*np.nonzero(valid)):
-            start, end = int(top_starts[i]), int(top_ends[j])
-            candidates.append((float(start_logits[w, start] + end_logits[w, end]), w, start, end))
-    candidates.sort(key=lambda c: -c[0])
-    nbest, seen = [], set()
-    for score, w, start, end in candidates:
-        begin, finish = offsets[w][start][0], offsets[w][end][1]
-        text = context[begin:finish]
-        if text in seen:
-            continue
-        seen.add(text)
-        nbest.append({"text": text, "start": begin, "end": finish,
-                      "start_logit": float(start_logits[w, start]),
-                      "end_logit": float(end_logits[w, end]), "score": score})
-        if len(nbest) == n_best:
-            break
-    return nbest
-
-
-# ------------------------------------------------------------------------------------ scoring
-# The official SQuAD v1.1 / v2.0 evaluation: answers are compared after normalisation, each
-# question scores its best match over the gold answers, and an unanswerable question's only gold
-# answer is "".
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Lower case, without punctuation, articles (a, an, the) or extra white space."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
-
-
-def exact_match(prediction: str, gold: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(gold))
-
-
-def f1(prediction: str, gold: str) -> float:
-    """Harmonic mean of token precision and recall (tokens counted with multiplicity)."""
-    predicted, wanted = normalize_answer(prediction).split(), normalize_answer(gold).split()
-    if not predicted or not wanted:  # "no answer" is all or nothing
-        return float(predicted == wanted)
-    shared = sum((collections.Counter(predicted) & collections.Counter(wanted)).values())
-    if shared == 0:
-        return 0.0
-    precision, recall = shared / len(predicted), shared / len(wanted)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _golds(example: QAExample) -> list[str]:
-    # The official script drops gold answers that normalise to nothing.
-    return [a for a in example.answers if normalize_answer(a)] or [""]
-
-
-def _per_example(examples: list[QAExample], predictions: dict[str, str]):
-    missing = [e.id for e in examples if e.id not in predictions]
-    if missing:
-        raise UserError(f"predictions lack {len(missing)} of the {len(examples)} questions "
-                        f"(first: {missing[0]!r}); predict every question before scoring")
-    exact = [max(exact_match(predictions[e.id], g) for g in _golds(e)) for e in examples]
-    overlap = [max(f1(predictions[e.id], g) for g in _golds(e)) for e in examples]
-    return exact, overlap
-
-
-def evaluate(examples: list[QAExample], predictions: dict[str, str]) -> dict:
-    """Official scores in percent: exact_match, f1 and total; with unanswerable questions also
-    the HasAns_* / NoAns_* splits (a question is answerable when it has gold answers)."""
-    if not examples:
-        raise UserError("no questions to score")
-    exact, overlap = _per_example(examples, predictions)
-
-    def percent(values, keep):
-        kept = [v for v, k in zip(values, keep) if k]
-        return 100.0 * sum(kept) / len(kept) if kept else 0.0
-
-    everyone = [True] * len(examples)
-    result = {"exact_match": percent(exact, everyone), "f1": percent(overlap, everyone),
-              "total": len(examples)}
-    has_answer = [bool(e.answers) for e in examples]
-    if not all(has_answer):
-        no_answer = [not h for h in has_answer]
-        result.update(HasAns_exact=percent(exact, has_answer),
-                      HasAns_f1=percent(overlap, has_answer), HasAns_total=sum(has_answer),
-                      NoAns_exact=percent(exact, no_answer), NoAns_f1=percent(overlap, no_answer),
-                      NoAns_total=sum(no_answer))
-    return result
-
-
-def best_null_threshold(examples: list[QAExample], decoded: dict[str, dict]) -> tuple[float, float]:
-    """(best F1 in percent, the null_threshold giving it): the v2 script's search over each
-    question's null_score - best span score. Questions with equal differences switch together,
-    so `decode(..., version_2=True, null_threshold=threshold)` reproduces the F1."""
-    if not examples:
-        raise UserError("no questions to tune the null threshold on")
-    # Start from predicting "" everywhere (the threshold below every difference), then let the
-    # questions answer with their best span one by one, in order of growing difference.
-    margins, gains = {}, {}
-    f1_sum = 0.0
-    for example in examples:
-        prediction = decoded[example.id]
-        span = prediction["nbest"][0] if prediction["nbest"] else None
-        margins[example.id] = prediction["null_score"] - span["score"] if span else float("inf")
-        silent = max(f1("", g) for g in _golds(example))
-        answered = max(f1(span["text"], g) for g in _golds(example)) if span else silent
-        f1_sum += silent
-        gains[example.id] = answered - silent
-    order = sorted(examples, key=lambda e: margins[e.id])
-    finite = [margins[e.id] for e in order if margins[e.id] != float("inf")]
-    best_sum, best_threshold = f1_sum, (finite[0] - 1.0 if finite else 0.0)
-    for k, example in enumerate(order):
-        f1_sum += gains[example.id]
-        margin = margins[example.id]
-        tied_with_next = k + 1 < len(order) and margins[order[k + 1].id] == margin
-        if not tied_with_next and f1_sum > best_sum:
-            best_sum, best_threshold = f1_sum, margin
-    return 100.0 * best_sum / len(examples), best_threshold
