@@ -16,7 +16,6 @@ import json
 import logging
 import time
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import optax
 
 from roberta_jax import fs
 from roberta_jax import sharding as shd
-from roberta_jax import task_kinds, tasks
+from roberta_jax import task_kinds, tasks, weights
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
 from roberta_jax.data import pack_examples as pack
@@ -35,74 +34,11 @@ from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
+from roberta_jax.pretrained import save_pretrained
 from roberta_jax.progress import print_above, progress_bar
 from roberta_jax.train_config import check_finetune_config
 
 log = logging.getLogger("roberta_jax")
-
-HEAD_PREFIXES = ("classifier.", "qa_outputs.", "lm_head.")
-
-
-# =============================================================================== model
-
-def load_model(init: str, head: str, num_labels: int | None, labels: list[str] | None,
-               seed: int, preset: str, vocab_size: int, dtype, reset_head: bool = False):
-    """(model, params) for `head` from a checkpoint (Hugging Face, fairseq, an export), a
-    pretraining workdir (its encoder; a new head), or from scratch (`preset`).
-
-    A checkpoint that already has this head keeps it, so a fine-tuned model can be trained
-    further; if its label count differs from the task's that is an error unless `reset_head`.
-    """
-    from roberta_jax.convert.params import params_from_hf_state
-    from roberta_jax.pretrained import read_checkpoint
-    from roberta_jax.export import is_pretraining_workdir
-    path = fs.as_path(init) if init else None
-    encoder = None
-    if path is not None and is_pretraining_workdir(path):
-        from roberta_jax.export import load_workdir_params
-        pretrained, pretrained_params, _, step = load_workdir_params(path)
-        config, encoder = pretrained.config, pretrained_params["roberta"]
-        log.info("encoder from step %d of %s; new %s head", step, path, head)
-    elif path is not None:
-        config, state, saved_task, _ = read_checkpoint(path)
-        has_head = saved_task == head and any(k.startswith(HEAD_PREFIXES) for k in state)
-        if has_head and reset_head:
-            state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-        elif has_head and num_labels is not None and config.num_labels != num_labels:
-            raise UserError(
-                f"{path}: its {head} head has {config.num_labels} label(s) but this task has "
-                f"{num_labels}; set --config.reset_head=True to train a new head on its encoder")
-        elif has_head and labels and config.labels != tuple(labels):
-            log.warning("%s: the head's labels %s are renamed to the task's %s", path,
-                        list(config.labels), labels)
-        if num_labels is not None:
-            config = config.replace(num_labels=num_labels)
-        if labels:
-            config = config.replace(labels=tuple(labels))
-        params = params_from_hf_state(state, config, head, source=str(path), seed=seed)
-        return TASKS[head][0](config, dtype=dtype), jax.tree.map(jnp.asarray, params)
-    else:
-        if preset not in PRESETS:
-            raise UserError(f"unknown model preset {preset!r}; one of {', '.join(PRESETS)}")
-        config = PRESETS[preset].replace(vocab_size=vocab_size)
-    if num_labels is not None:
-        config = config.replace(num_labels=num_labels)
-    if labels:
-        config = config.replace(labels=tuple(labels))
-    model = TASKS[head][0](config, dtype=dtype)
-    shape = (1, 1, 4) if head == "multiple-choice" else (1, 4)
-    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros(shape, jnp.int32))["params"])
-    if encoder is not None:
-        params["roberta"] = _graft(params["roberta"], encoder)
-    return model, params
-
-
-def _graft(fresh: dict, encoder: dict) -> dict:
-    """`fresh` with every weight the pretrained encoder has (a pooler it lacks stays fresh)."""
-    flat = flax.traverse_util.flatten_dict(fresh)
-    flat.update({k: jnp.asarray(v) for k, v in flax.traverse_util.flatten_dict(encoder).items()
-                 if k in flat})
-    return flax.traverse_util.unflatten_dict(flat)
 
 
 # =============================================================================== steps
@@ -117,14 +53,20 @@ def model_inputs(kind, batch) -> dict:
     return {"segment_ids": batch["segment_ids"]}
 
 
-def make_steps(model, tx, kind):
-    """(loss_fn, train_step, predict_step) for padded or packed batches; the loss and outputs
-    are the kind's."""
+def make_loss(model, kind):
+    """The kind's loss of the model on a padded or packed batch; `key` None: no dropout."""
     def loss_fn(params, batch, key):
         output = model.apply({"params": params}, batch["input_ids"],
                              **model_inputs(kind, batch), deterministic=key is None,
                              rngs=None if key is None else {"dropout": key})
         return kind.loss(output, batch)
+    return loss_fn
+
+
+def make_steps(model, tx, kind):
+    """(train_step, predict_step) for padded or packed batches; the loss and outputs are the
+    kind's."""
+    loss_fn = make_loss(model, kind)
 
     def train_step(params, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
@@ -135,7 +77,7 @@ def make_steps(model, tx, kind):
         return kind.outputs(model.apply({"params": params}, batch["input_ids"],
                                         **model_inputs(kind, batch)))
 
-    return loss_fn, train_step, predict_step
+    return train_step, predict_step
 
 
 def recipe(config, task: tasks.Task, steps: int, hidden_size: int = 768
@@ -175,10 +117,9 @@ def finetune(config, workdir) -> dict:
 
     results, run = {}, None
     for seed in seeds:
-        model, params = load_model(config.init, kind.head, num_labels,
-                                   None if task.regression else label_names, seed,
-                                   config.model_preset, tokenizer.vocab_size, dtype,
-                                   reset_head=config.reset_head)
+        model, params = weights.for_finetuning(
+            config.init, kind.head, num_labels, None if task.regression else label_names, seed,
+            config.model_preset, tokenizer.vocab_size, dtype, reset_head=config.reset_head)
         model = model.clone(config=model.config.replace(
             attention_implementation=config.get("attention_implementation", "eager")))
         if run is None:  # what every seed shares, compiled programs included
@@ -260,15 +201,11 @@ def record_settings(workdir, config) -> None:
 
 
 def _tokenizer_path(config) -> str:
-    from roberta_jax.export import is_pretraining_workdir, workdir_tokenizer
     if config.tokenizer:
         return config.tokenizer
-    init = fs.as_path(config.init) if config.init else None
-    if init is not None and is_pretraining_workdir(init):
-        return fs.as_str(workdir_tokenizer(init))
-    if init is None:
+    if not config.init:
         raise UserError("set --config.tokenizer (or --config.init to a model with one)")
-    return fs.as_str(init.parent if init.is_file() else init)
+    return fs.as_str(weights.tokenizer_source(config.init))
 
 
 @dataclasses.dataclass
@@ -307,7 +244,7 @@ class _Run:
                  f" (local files: scaled to width {model.config.hidden_size})")
         log.info("lr %.2g%s, batch %d, %d epochs of %d steps, weight decay %g", optimizer.lr,
                  where, batch_size, epochs, steps_per_epoch, optimizer.weight_decay)
-        _, train_step, predict_step = make_steps(model, tx, kind)
+        train_step, predict_step = make_steps(model, tx, kind)
         mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         if batch_size % mesh.size:
             raise UserError(f"batch size {batch_size} is not divisible by the {mesh.size} "
@@ -373,8 +310,7 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
     kind = task_kinds.for_task(task, settings)
     model = TASKS[kind.head][0](config.replace(num_labels=int(np.max(labels)) + 1),
                                 dtype=jnp.dtype(dtype))
-    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))[
-        "params"])
+    params = weights.init_params(model, kind.head, seed)
     tokenizer = types.SimpleNamespace(pad_id=pad_id)
     run = _Run.build(settings, task, kind, tokenizer, model, split, {}, None,
                      config.max_sequence_length, seed)
@@ -442,9 +378,8 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
 
     scores = {}
     if tests:
-        from roberta_jax.pretrained import from_pretrained
         # The best weights in the run's own model: its compiled prediction step serves them.
-        _, best_params = from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
+        _, best_params = weights.from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
         best_params = jax.device_put(best_params, shd.replicated(mesh))
         for split, (data, filename) in tests.items():
             encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
@@ -514,7 +449,6 @@ def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_
 def _save_best(model, params, directory, tokenizer) -> None:
     """The best epoch so far as a Hugging Face directory with its tokenizer; the previous best
     is replaced only once this one is written whole."""
-    from roberta_jax.pretrained import save_pretrained
     staging = directory.parent / (directory.name + ".new")
     if staging.exists():
         staging.rmtree()
