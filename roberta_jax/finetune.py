@@ -36,7 +36,8 @@ from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
 from roberta_jax.pretrained import save_pretrained
 from roberta_jax.progress import print_above, progress_bar
-from roberta_jax.train_config import check_finetune_config
+from roberta_jax.finetune_config import (FREE_TO_CHANGE, PATH_SETTINGS, RECIPE_DEFAULTS,
+                                         check_finetune_config)
 
 log = logging.getLogger("roberta_jax")
 
@@ -154,11 +155,7 @@ def finetune(config, workdir) -> dict:
     return summary
 
 
-# Settings that may change between runs in one workdir: another seed list only adds or skips
-# seed directories; the others change what is shown, where tfds looks, or SQuAD v2's decoding of
-# the test predictions. Any other change would mix two experiments in one set of checkpoints.
-FREE_TO_CHANGE = ("seeds", "progress", "tfds_data_dir", "null_threshold")
-PATH_SETTINGS = ("init", "tokenizer", "train_file", "eval_file", "test_file")
+# The settings a workdir was started with (all but finetune_config.FREE_TO_CHANGE).
 SETTINGS_FILE = "finetune_config.json"
 
 
@@ -187,7 +184,7 @@ def check_workdir_settings(workdir, config) -> None:
 
 
 def _shown(key: str, value) -> str:
-    unset = value == 0 if key in ("lr", "batch_size", "epochs", "max_length") else \
+    unset = value == 0 if key in RECIPE_DEFAULTS else \
         key == "weight_decay" and value is not None and value < 0
     return f"{value!r} (the task's recipe)" if unset else repr(value)
 
@@ -322,10 +319,12 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
 
 
 def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
-    config, task, kind, mesh = run.config, run.task, run.kind, run.mesh
+    """Train one seed in `out` (resuming after its last finished epoch), keep its best epoch in
+    out/best, and predict (and score) the test splits with it."""
+    mesh = run.mesh
     params = jax.device_put(params, shd.replicated(mesh))
     opt_state = jax.device_put(run.tx.init(params), shd.replicated(mesh))
-    record_settings(out.parent, config)
+    record_settings(out.parent, run.config)
     # Saved in the background while the next epoch trains; close() waits for the last one.
     checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=True)
     first_epoch, best, history = 0, {}, []
@@ -337,61 +336,84 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
         params, opt_state = state["params"], state["opt_state"]
         best, history = meta["best"], meta["history"]
         log.info("seed %d: resumed after epoch %d", seed, first_epoch)
-    primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
-    base_key = jax.random.key(seed)
+    primary = f"{run.task.eval_splits[0]}_{run.task.metrics[0]}" if run.task.eval_splits \
+        else None
     bar = progress_bar(run.steps_per_epoch * run.epochs, first_epoch * run.steps_per_epoch,
-                       "step", f"seed {seed}", enabled=config.progress)
+                       "step", f"seed {seed}", enabled=run.config.progress)
 
-    for epoch in range(first_epoch, run.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(run.train_split.size)
-        started, losses = time.perf_counter(), []
-        for i, batch in enumerate(run.train_batches(order)):
-            step_started = time.perf_counter()
-            params, opt_state, loss = run.jit_train(params, opt_state, _device_batch(batch, mesh),
-                                                    base_key,
-                                                    np.int32(epoch * run.steps_per_epoch + i))
-            if run.row_counts is not None and run.row_counts.measuring:
-                # A few synced steps price a compile against a step (pack.RowCounts).
-                loss.block_until_ready()
-                run.row_counts.observe(time.perf_counter() - step_started)
-            losses.append(loss)
-            bar.update()
-        losses = jax.device_get(losses)  # waits for the epoch's last step, then times it
-        seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                  "examples_per_second": run.steps_per_epoch * run.batch_size / seconds}
-        for split, encoded in run.eval_splits.items():
-            outputs = run.outputs(params, encoded)
-            for name, value in kind.evaluate(encoded, outputs, run.label_names).items():
-                record[f"{split}_{name}"] = value
-        history.append(record)
-        bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
-        print_above(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
-        if primary is None or not best or record[primary] > best[primary]:
-            best = record
-            _save_best(run.model, params, out / "best", run.tokenizer)
-        checkpointer.save(epoch + 1, {"params": params, "opt_state": opt_state},
-                          {"best": best, "history": history})
-    bar.close()
-    checkpointer.close()
-
-    scores = {}
-    if tests:
-        # The best weights in the run's own model: its compiled prediction step serves them.
-        _, best_params = weights.from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
-        best_params = jax.device_put(best_params, shd.replicated(mesh))
-        for split, (data, filename) in tests.items():
-            encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
-            outputs = run.outputs(best_params, encoded)
-            path = out / (filename or f"{split}_predictions")
-            kind.write_predictions(path, encoded, outputs, run.label_names)
-            scored = kind.evaluate(encoded, outputs, run.label_names) \
-                if kind.has_labels(data) else {}
-            scores.update({f"{split}_{k}": v for k, v in scored.items()})
-            print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
-                  + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    try:
+        for epoch in range(first_epoch, run.epochs):
+            params, opt_state, record = _train_epoch(run, params, opt_state, seed, epoch, bar)
+            record.update(_evaluate(run, params))
+            history.append(record)
+            bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
+            print_above(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
+            if primary is None or not best or record[primary] > best[primary]:
+                best = record
+                _save_best(run.model, params, out / "best", run.tokenizer)
+            checkpointer.save(epoch + 1, {"params": params, "opt_state": opt_state},
+                              {"best": best, "history": history})
+    finally:
+        # Also on Ctrl-C or an error: the epoch being saved in the background is written whole,
+        # so the next run resumes after it (as pretraining does).
+        bar.close()
+        checkpointer.close()
+    scores = _predict_tests(run, tests, seed, out) if tests else {}
     return {"best": best, "history": history, "test": scores}
+
+
+def _train_epoch(run: _Run, params, opt_state, seed: int, epoch: int, bar):
+    """One epoch of steps in the seed's order for it -> (params, opt_state, its record)."""
+    order = np.random.default_rng([seed, epoch]).permutation(run.train_split.size)
+    base_key = jax.random.key(seed)
+    started, losses = time.perf_counter(), []
+    for i, batch in enumerate(run.train_batches(order)):
+        step_started = time.perf_counter()
+        params, opt_state, loss = run.jit_train(params, opt_state,
+                                                _device_batch(batch, run.mesh), base_key,
+                                                np.int32(epoch * run.steps_per_epoch + i))
+        if run.row_counts is not None and run.row_counts.measuring:
+            # A few synced steps price a compile against a step (pack.RowCounts).
+            loss.block_until_ready()
+            run.row_counts.observe(time.perf_counter() - step_started)
+        losses.append(loss)
+        bar.update()
+    losses = jax.device_get(losses)  # waits for the epoch's last step, then times it
+    seconds = time.perf_counter() - started
+    return params, opt_state, {
+        "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+        "examples_per_second": run.steps_per_epoch * run.batch_size / seconds}
+
+
+def _evaluate(run: _Run, params) -> dict:
+    """The kind's metrics on every evaluation split, named `{split}_{metric}`."""
+    scores = {}
+    for split, encoded in run.eval_splits.items():
+        outputs = run.outputs(params, encoded)
+        for name, value in run.kind.evaluate(encoded, outputs, run.label_names).items():
+            scores[f"{split}_{name}"] = value
+    return scores
+
+
+def _predict_tests(run: _Run, tests: dict, seed: int, out) -> dict:
+    """Predictions of the seed's best epoch for each test split, written to their files; the
+    scores of the splits that have labels."""
+    kind = run.kind
+    # The best weights in the run's own model: its compiled prediction step serves them.
+    _, best_params = weights.from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
+    best_params = jax.device_put(best_params, shd.replicated(run.mesh))
+    scores = {}
+    for split, (data, filename) in tests.items():
+        encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
+        outputs = run.outputs(best_params, encoded)
+        path = out / (filename or f"{split}_predictions")
+        kind.write_predictions(path, encoded, outputs, run.label_names)
+        scored = kind.evaluate(encoded, outputs, run.label_names) if kind.has_labels(data) else {}
+        scores.update({f"{split}_{k}": v for k, v in scored.items()})
+        print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
+              + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    return scores
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "segment_ids", "segment_starts", "labels",

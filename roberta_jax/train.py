@@ -284,23 +284,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                             f"{train.grad_accum * jax.process_count()}")
 
         # ------------------------------------------------------------ input
-        if not config.data.path:
-            raise UserError("data.path is not set: give a prepared directory, e.g. "
-                            "--config.data.path=prepared/")
-        batches = PretrainingBatches(
-            config.data.path, train.batch_size, train.seq_len, train.seed,
-            config.data.mask_prob, config.data.packing, jax.process_index(),
-            jax.process_count(), config.data.masking,
-            segment_ids=config.model.document_attention)
-        agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
-                              f"give every host the same prepared data at {config.data.path}")
-        eval_batches = None
-        if config.data.eval_path:
-            eval_batches = PretrainingBatches(
-                config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
-                mask_prob=config.data.mask_prob, packing=config.data.packing,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                masking=config.data.masking, segment_ids=config.model.document_attention)
+        batches, eval_batches = _open_data(config, agreement)
         tokenizer_info = batches.corpus.manifest["tokenizer"]
         real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
             else config.model.vocab_size
@@ -336,29 +320,17 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
             "process_count": jax.process_count(), "git_revision": git_revision()}
 
     # ---------------------------------------------------------------- throughput accounting
-    slots = example["masked_positions"].shape[1]
-    flops_per_token = train_flops_per_token(
-        model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size,
-        train.seq_len, model_cfg.vocab_size, head_fraction=slots / train.seq_len)
-    peak, peak_source = (config.peak_flops, "config") if config.peak_flops else \
-        peak_flops_per_device(jax.devices()[0])
-    peak_total = peak * mesh.size
     tokens_per_step = train.batch_size * train.seq_len
+    flops_per_token, peak_total, peak_source = _flops_accounting(config, model_cfg, example, mesh)
 
     writer = _MetricsWriter(workdir, enabled=is_main)
 
     def evaluate(params, step):
-        sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
-        for i in range(config.eval.batches):
-            local = {k: v for k, v in eval_batches.batch(i).items() if k in keys}
-            out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
-            sums = {k: sums[k] + float(out[k]) for k in sums}
-        loss = sums["loss_sum"] / max(sums["weight"], 1.0)
-        result = {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
-                  "eval_perplexity": math.exp(min(loss, 50.0))}
+        result = _held_out_metrics(jit_eval, params, eval_batches, config.eval.batches, keys,
+                                   mesh)
         writer.write(step, result)
         if is_main:
-            print_above(f"step {step}: held-out MLM loss {loss:.3f} (perplexity "
+            print_above(f"step {step}: held-out MLM loss {result['eval_loss']:.3f} (perplexity "
                            f"{result['eval_perplexity']:,.1f}), masked-token accuracy "
                            f"{result['eval_accuracy']:.3f}")
         return result
@@ -368,7 +340,6 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
     stream = batches.iterate(start_step, max(train.steps - start_step, 0))
     pending, window_start, last = [], time.perf_counter(), {}
     last_saved = start_step if start_step else None
-    step = start_step
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(shd.LOGICAL_RULES):
             for step in range(start_step, train.steps):
@@ -400,10 +371,8 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                     writer.flush()   # the metrics of every saved step are in the workdir
                     checkpointer.save(done, state, meta)
                     last_saved = done
-            else:
-                step = train.steps
         # ---------------------------------------------------------------- final save, report
-        step = int(jax.device_get(state.step))
+        step = int(jax.device_get(state.step))   # where the loop stopped, or train.steps
         if last_saved != step:
             writer.flush()
             checkpointer.save(step, state, meta, force=True)
@@ -424,6 +393,56 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
               + (f"; peak for MFU: {peak_source}" if step > start_step else ""))
     last["step"] = step
     return last
+
+
+def _open_data(config, agreement: hosts.Agreement):
+    """-> (training batches, held-out batches or None), this process's rows of them; every
+    process must have the same prepared data."""
+    train = config.train
+    if not config.data.path:
+        raise UserError("data.path is not set: give a prepared directory, e.g. "
+                        "--config.data.path=prepared/")
+    batches = PretrainingBatches(
+        config.data.path, train.batch_size, train.seq_len, train.seed,
+        config.data.mask_prob, config.data.packing, jax.process_index(),
+        jax.process_count(), config.data.masking,
+        segment_ids=config.model.document_attention)
+    agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
+                          f"give every host the same prepared data at {config.data.path}")
+    eval_batches = None
+    if config.data.eval_path:
+        eval_batches = PretrainingBatches(
+            config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
+            mask_prob=config.data.mask_prob, packing=config.data.packing,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            masking=config.data.masking, segment_ids=config.model.document_attention)
+    return batches, eval_batches
+
+
+def _flops_accounting(config, model_cfg: RobertaConfig, example, mesh):
+    """-> (training FLOPs per token, the mesh's peak FLOP/s, where the peak figure came from),
+    for the MFU the loop reports."""
+    train = config.train
+    slots = example["masked_positions"].shape[1]
+    flops_per_token = train_flops_per_token(
+        model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size,
+        train.seq_len, model_cfg.vocab_size, head_fraction=slots / train.seq_len)
+    peak, peak_source = (config.peak_flops, "config") if config.peak_flops else \
+        peak_flops_per_device(jax.devices()[0])
+    return flops_per_token, peak * mesh.size, peak_source
+
+
+def _held_out_metrics(jit_eval, params, eval_batches, num_batches: int, keys, mesh) -> dict:
+    """Masked-LM loss, accuracy and perplexity over the first `num_batches` held-out batches
+    (summed over the predicted tokens, then normalised)."""
+    sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
+    for i in range(num_batches):
+        local = {k: v for k, v in eval_batches.batch(i).items() if k in keys}
+        out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
+        sums = {k: sums[k] + float(out[k]) for k in sums}
+    loss = sums["loss_sum"] / max(sums["weight"], 1.0)
+    return {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
+            "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
 def train_keys(config) -> tuple[str, ...]:

@@ -211,8 +211,8 @@ def load_workdir_params(workdir, step: int | None = None):
     embeddings["embedding"] = np.asarray(embeddings["embedding"])[:real_vocab]
     params["lm_head"]["bias"] = np.asarray(params["lm_head"]["bias"])[:real_vocab]
     tokenizer_kind = meta["tokenizer"]["kind"]
-    final = cfg.replace(vocab_size=real_vocab,
-                        model_type="xlm-roberta" if tokenizer_kind == "sentencepiece" else "roberta")
+    final = cfg.replace(vocab_size=real_vocab, model_type="xlm-roberta"
+                        if tokenizer_kind == "sentencepiece" else "roberta")
     return RobertaForMaskedLM(final), params, config, restored_step
 
 
@@ -306,11 +306,12 @@ def for_pretraining(path, model_cfg: RobertaConfig, scan_layers: bool, param_sha
     _, state, _, _ = read_checkpoint(path)
     rows = state.get(VOCAB_ROWS[0])
     if rows is None or rows.shape[0] > model_cfg.vocab_size:
-        raise UserError(f"{path}: its vocabulary does not fit this model's ({model_cfg.vocab_size})")
+        raise UserError(f"{path}: its vocabulary does not fit this model's "
+                        f"({model_cfg.vocab_size})")
     for key in VOCAB_ROWS:
         if key in state:
-            pad = [(0, model_cfg.vocab_size - state[key].shape[0])] + [(0, 0)] * (state[key].ndim - 1)
-            state[key] = np.pad(state[key], pad)
+            extra_rows = model_cfg.vocab_size - state[key].shape[0]
+            state[key] = np.pad(state[key], [(0, extra_rows)] + [(0, 0)] * (state[key].ndim - 1))
     params = params_from_hf_state(state, model_cfg, "masked-lm", source=str(path))
     if scan_layers:
         params = stack_layers(params)
