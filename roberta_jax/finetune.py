@@ -1,12 +1,13 @@
 """Fine-tuning: GLUE, SQuAD, CoNLL-2003 NER, RACE, and local files of each kind.
 
-    task and data -> model (converted checkpoint, pretraining workdir, or scratch) -> for each
-    seed: epochs of AdamW steps, evaluation every epoch, best model kept, test predictions
-    -> the median over seeds of the best dev score, as the RoBERTa paper reports
+    task and data -> model (any source weights.py reads, or scratch) -> for each seed: epochs
+    of AdamW steps, evaluation every epoch, best model kept, test predictions -> the median
+    over seeds of the best dev score, as the RoBERTa paper reports
 
-What differs between tasks (inputs, loss, decoding, metrics) lives in `task_kinds.py`; this is
-the one loop. Run it with `roberta-jax finetune --config configs/glue.py --config.task=sst2
---config.init=PATH --workdir W`; re-running resumes each seed from its last finished epoch.
+What differs between tasks (inputs, loss, decoding, metrics) lives in `task_kinds.py`, the
+settings and their meaning in `finetune_config.py`; this is the one loop. Run it with
+`roberta-jax finetune --config finetune --config.task=sst2 --config.init=PATH --workdir W`;
+re-running resumes each seed from its last finished epoch.
 """
 
 from __future__ import annotations
