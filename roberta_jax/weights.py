@@ -205,7 +205,9 @@ def load_workdir_params(workdir, step: int | None = None):
     """-> (model with the real vocabulary, its params as numpy, config, step) from a workdir."""
     state, cfg, config, meta, restored_step = load_workdir_state(workdir, step)
     real_vocab = meta["real_vocab_size"]
-    params = jax.device_get(unstack_layers(state.params, cfg.num_hidden_layers))
+    # On the host first: slicing the layers on the device would run under the caller's mesh
+    # (pretraining's, when another run starts from this workdir), which this state is not on.
+    params = unstack_layers(jax.device_get(state.params), cfg.num_hidden_layers)
     # Unpad: the rows past the tokenizer's ids were never trained.
     embeddings = params["roberta"]["embeddings"]["word_embeddings"]
     embeddings["embedding"] = np.asarray(embeddings["embedding"])[:real_vocab]
@@ -269,13 +271,7 @@ def for_finetuning(init: str, head: str, num_labels: int | None, labels: list[st
         model = TASKS[head][0](config, dtype=dtype)
         return model, init_params(model, head, seed)
     path = fs.as_path(init)
-    if is_pretraining_workdir(path):
-        pretrained, pretrained_params, _, step = load_workdir_params(path)
-        config, saved_task = pretrained.config, "masked-lm"
-        state = hf_state_from_params(pretrained_params, config)
-        log.info("encoder from step %d of %s; new %s head", step, path, head)
-    else:
-        config, state, saved_task, _ = read_checkpoint(path)
+    config, state, saved_task = _read_weights(path)
     has_head = saved_task == head and any(k.startswith(HEAD_PREFIXES) for k in state)
     if has_head and reset_head:
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
@@ -291,6 +287,16 @@ def for_finetuning(init: str, head: str, num_labels: int | None, labels: list[st
     return TASKS[head][0](config, dtype=dtype), jax.tree.map(jnp.asarray, params)
 
 
+def _read_weights(path: fs.Path):
+    """-> (config, Hugging Face state dict, task) of any source, a pretraining workdir too (its
+    newest step's masked-LM model, vocabulary unpadded)."""
+    if not is_pretraining_workdir(path):
+        return read_checkpoint(path)[:3]
+    model, params, _, step = load_workdir_params(path)
+    log.info("weights of step %d of %s", step, path)
+    return model.config, hf_state_from_params(params, model.config), "masked-lm"
+
+
 def _with_labels(config: RobertaConfig, num_labels: int | None, labels) -> RobertaConfig:
     if num_labels is not None:
         config = config.replace(num_labels=num_labels)
@@ -300,10 +306,10 @@ def _with_labels(config: RobertaConfig, num_labels: int | None, labels) -> Rober
 
 
 def for_pretraining(path, model_cfg: RobertaConfig, scan_layers: bool, param_shardings):
-    """Encoder and LM head from any checkpoint, padded to the training vocabulary
-    (`model_cfg.vocab_size`) and laid out as the trainer holds them (stacked layers when
-    `scan_layers`, placed by `param_shardings`)."""
-    _, state, _, _ = read_checkpoint(path)
+    """Encoder and LM head from any source (another pretraining run's workdir too), padded to
+    the training vocabulary (`model_cfg.vocab_size`) and laid out as the trainer holds them
+    (stacked layers when `scan_layers`, placed by `param_shardings`)."""
+    _, state, _ = _read_weights(fs.as_path(path))
     rows = state.get(VOCAB_ROWS[0])
     if rows is None or rows.shape[0] > model_cfg.vocab_size:
         raise UserError(f"{path}: its vocabulary does not fit this model's "

@@ -10,6 +10,7 @@ import ast
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
@@ -30,7 +31,8 @@ def _torch_params(model) -> dict[str, np.ndarray]:
 def test_pretraining_from_a_hugging_face_model_starts_from_its_weights(prepared_corpus,
                                                                        tmp_path):
     """--config.model.init_from=HF_DIR: the checkpoint of step 0 is the Hugging Face model, its
-    vocabulary padded with zero rows to the training vocabulary (and unpadded on the way out)."""
+    vocabulary padded with zero rows to the training vocabulary (and unpadded on the way out);
+    init_from=WORKDIR of that run gives the same weights."""
     from roberta_jax.train import pretrain
     from roberta_jax.train_config import load_config
     reference = make_hf_model("masked-lm", vocab_size=VOCAB, hidden_size=32,
@@ -69,6 +71,13 @@ def test_pretraining_from_a_hugging_face_model_starts_from_its_weights(prepared_
     assert model.config.vocab_size == VOCAB
     for name, value in got.items():
         np.testing.assert_array_equal(np.asarray(value), want[name], err_msg=name)
+
+    # Another run may start from this one's workdir: the same weights, again at step 0.
+    config.model.init_from = str(tmp_path / "run")
+    pretrain(config, tmp_path / "again", stop_after=0)
+    again, *_ = weights.load_workdir_state(tmp_path / "again")
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(again.params),
+                 jax.device_get(state.params))
 
 
 # =============================================================================== fine-tuning
