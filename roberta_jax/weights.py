@@ -6,8 +6,10 @@ Sources, whatever the caller:
   - a fairseq `model.pt`, or a directory holding one;
   - a fine-tuning workdir (the best/ of the seed results.json names as the median one, or of its
     only seed) or one seed's directory;
-  - a pretraining workdir (orbax checkpoints + config.json): its masked-LM model with the
-    vocabulary unpadded, and the tokenizer it was trained with.
+  - a pretraining workdir (orbax checkpoints + config.json): its newest step's masked-LM model
+    with the vocabulary unpadded, and the tokenizer it was trained with. Fine-tuning and
+    pretraining (model.init_from) start from one; `from_pretrained` and `convert` refuse it and
+    name `roberta-jax export`, which makes a model directory of it, tokenizer included.
 
 What callers ask for:
   from_pretrained          (model, params) for a task: the public API, `predict`, test scoring
