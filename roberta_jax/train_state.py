@@ -2,7 +2,8 @@
 its model, and the train state's layout, sharded over a mesh.
 
 The trainer builds its state from this; the weights loader (weights.py) rebuilds the same
-abstract state to restore a workdir's checkpoint, so neither depends on the other.
+abstract state to restore a workdir's checkpoint. Both import this module, so the trainer
+depends on the loader and never the other way round.
 """
 
 from __future__ import annotations
