@@ -201,8 +201,9 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     from roberta_jax.data import pack_examples as pack
     from roberta_jax.data.rows import bucket_length
     from roberta_jax.data.tokenizer import load_tokenizer
-    from roberta_jax.finetune import _device_batch, load_model, make_steps, recipe
+    from roberta_jax.finetune import _device_batch, make_steps, recipe
     from roberta_jax.optim import make_optimizer
+    from roberta_jax.weights import for_finetuning
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = [json.loads(line) for line in open(work / "train.jsonl")][:BATCH * steps]
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(work / "init")
@@ -230,10 +231,10 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     tokenizer = load_tokenizer(work / "init")
     data, names = kind.read("train", None)
     split = kind.encode(tokenizer, data, MAX_LENGTH, names)
-    model, params = load_model(str(work / "init"), kind.head, 2, names, 0, "",
-                               tokenizer.vocab_size, np.float32)
+    model, params = for_finetuning(str(work / "init"), kind.head, 2, names, 0, "",
+                                   tokenizer.vocab_size, np.float32)
     tx = make_optimizer(recipe(settings, task, 1000))
-    train_step = make_steps(model, tx, kind)[1]
+    train_step = make_steps(model, tx, kind)[0]
     step = jax.jit(lambda p, o, b, k, s: train_step(p, o, b, jax.random.fold_in(k, s)),
                    donate_argnums=(0, 1))
     buckets = (32, 64, MAX_LENGTH)

@@ -311,14 +311,14 @@ examples:
         help="fine-tune on GLUE, SQuAD, CoNLL-2003 NER, RACE, or your own files of any kind: "
         + ", ".join(KINDS), description="Fine-tune a model and keep its best epoch per seed.",
         epilog="Override fields with --config.FIELD=VALUE (every field is listed and commented "
-        "in the glue config), e.g.\n"
+        "in roberta_jax/finetune_config.py), e.g.\n"
         "  --config.task=rte --config.init=roberta.large/\n"
         "  --config.task=local --config.kind=KIND --config.train_file=F --config.eval_file=F\n"
         f"Kinds of local files: {', '.join(KINDS)}.\n"
         "Recipes (unset lr / batch_size / epochs / weight_decay / seeds): published tasks use "
         "their published recipe (GLUE: fairseq's, 5 seeds);\n"
         f"local files: {LOCAL_RECIPE}.")
-    p.add_argument("--config", required=True, help=_config_help("--config glue"))
+    p.add_argument("--config", required=True, help=_config_help("--config finetune"))
     p.add_argument("--workdir", required=True, help="checkpoints, best model, predictions; "
                    "re-run to resume")
     p.set_defaults(run=_finetune, overrides_allowed=True)

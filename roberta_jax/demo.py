@@ -211,7 +211,7 @@ def _finetune_classifier(work: pathlib.Path, train_docs, held_docs, epochs: int)
     if "test" not in summary:
         # The recipe is local files' default (scaled to this small model); only the number of
         # epochs is the demo's, to fit its time budget.
-        config = load_config("glue", [
+        config = load_config("finetune", [
             "--config.task=local", f"--config.train_file={work / 'classify_train.jsonl'}",
             f"--config.eval_file={work / 'classify_dev.jsonl'}",
             f"--config.test_file={work / 'classify_test.jsonl'}",

@@ -1,12 +1,13 @@
 """Fine-tuning: GLUE, SQuAD, CoNLL-2003 NER, RACE, and local files of each kind.
 
-    task and data -> model (converted checkpoint, pretraining workdir, or scratch) -> for each
-    seed: epochs of AdamW steps, evaluation every epoch, best model kept, test predictions
-    -> the median over seeds of the best dev score, as the RoBERTa paper reports
+    task and data -> model (any source weights.py reads, or scratch) -> for each seed: epochs
+    of AdamW steps, evaluation every epoch, best model kept, test predictions -> the median
+    over seeds of the best dev score, as the RoBERTa paper reports
 
-What differs between tasks (inputs, loss, decoding, metrics) lives in `task_kinds.py`; this is
-the one loop. Run it with `roberta-jax finetune --config configs/glue.py --config.task=sst2
---config.init=PATH --workdir W`; re-running resumes each seed from its last finished epoch.
+What differs between tasks (inputs, loss, decoding, metrics) lives in `task_kinds.py`, the
+settings and their meaning in `finetune_config.py`; this is the one loop. Run it with
+`roberta-jax finetune --config finetune --config.task=sst2 --config.init=PATH --workdir W`;
+re-running resumes each seed from its last finished epoch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import logging
 import time
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ import optax
 
 from roberta_jax import fs
 from roberta_jax import sharding as shd
-from roberta_jax import task_kinds, tasks
+from roberta_jax import task_kinds, tasks, weights
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
 from roberta_jax.data import pack_examples as pack
@@ -35,74 +35,12 @@ from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
+from roberta_jax.pretrained import save_pretrained
 from roberta_jax.progress import print_above, progress_bar
-from roberta_jax.train_config import check_finetune_config
+from roberta_jax.finetune_config import (FREE_TO_CHANGE, PATH_SETTINGS, RECIPE_DEFAULTS,
+                                         check_finetune_config)
 
 log = logging.getLogger("roberta_jax")
-
-HEAD_PREFIXES = ("classifier.", "qa_outputs.", "lm_head.")
-
-
-# =============================================================================== model
-
-def load_model(init: str, head: str, num_labels: int | None, labels: list[str] | None,
-               seed: int, preset: str, vocab_size: int, dtype, reset_head: bool = False):
-    """(model, params) for `head` from a checkpoint (Hugging Face, fairseq, an export), a
-    pretraining workdir (its encoder; a new head), or from scratch (`preset`).
-
-    A checkpoint that already has this head keeps it, so a fine-tuned model can be trained
-    further; if its label count differs from the task's that is an error unless `reset_head`.
-    """
-    from roberta_jax.convert.params import params_from_hf_state
-    from roberta_jax.pretrained import read_checkpoint
-    from roberta_jax.export import is_pretraining_workdir
-    path = fs.as_path(init) if init else None
-    encoder = None
-    if path is not None and is_pretraining_workdir(path):
-        from roberta_jax.export import load_workdir_params
-        pretrained, pretrained_params, _, step = load_workdir_params(path)
-        config, encoder = pretrained.config, pretrained_params["roberta"]
-        log.info("encoder from step %d of %s; new %s head", step, path, head)
-    elif path is not None:
-        config, state, saved_task, _ = read_checkpoint(path)
-        has_head = saved_task == head and any(k.startswith(HEAD_PREFIXES) for k in state)
-        if has_head and reset_head:
-            state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)}
-        elif has_head and num_labels is not None and config.num_labels != num_labels:
-            raise UserError(
-                f"{path}: its {head} head has {config.num_labels} label(s) but this task has "
-                f"{num_labels}; set --config.reset_head=True to train a new head on its encoder")
-        elif has_head and labels and config.labels != tuple(labels):
-            log.warning("%s: the head's labels %s are renamed to the task's %s", path,
-                        list(config.labels), labels)
-        if num_labels is not None:
-            config = config.replace(num_labels=num_labels)
-        if labels:
-            config = config.replace(labels=tuple(labels))
-        params = params_from_hf_state(state, config, head, source=str(path), seed=seed)
-        return TASKS[head][0](config, dtype=dtype), jax.tree.map(jnp.asarray, params)
-    else:
-        if preset not in PRESETS:
-            raise UserError(f"unknown model preset {preset!r}; one of {', '.join(PRESETS)}")
-        config = PRESETS[preset].replace(vocab_size=vocab_size)
-    if num_labels is not None:
-        config = config.replace(num_labels=num_labels)
-    if labels:
-        config = config.replace(labels=tuple(labels))
-    model = TASKS[head][0](config, dtype=dtype)
-    shape = (1, 1, 4) if head == "multiple-choice" else (1, 4)
-    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros(shape, jnp.int32))["params"])
-    if encoder is not None:
-        params["roberta"] = _graft(params["roberta"], encoder)
-    return model, params
-
-
-def _graft(fresh: dict, encoder: dict) -> dict:
-    """`fresh` with every weight the pretrained encoder has (a pooler it lacks stays fresh)."""
-    flat = flax.traverse_util.flatten_dict(fresh)
-    flat.update({k: jnp.asarray(v) for k, v in flax.traverse_util.flatten_dict(encoder).items()
-                 if k in flat})
-    return flax.traverse_util.unflatten_dict(flat)
 
 
 # =============================================================================== steps
@@ -117,14 +55,20 @@ def model_inputs(kind, batch) -> dict:
     return {"segment_ids": batch["segment_ids"]}
 
 
-def make_steps(model, tx, kind):
-    """(loss_fn, train_step, predict_step) for padded or packed batches; the loss and outputs
-    are the kind's."""
+def make_loss(model, kind):
+    """The kind's loss of the model on a padded or packed batch; `key` None: no dropout."""
     def loss_fn(params, batch, key):
         output = model.apply({"params": params}, batch["input_ids"],
                              **model_inputs(kind, batch), deterministic=key is None,
                              rngs=None if key is None else {"dropout": key})
         return kind.loss(output, batch)
+    return loss_fn
+
+
+def make_steps(model, tx, kind):
+    """(train_step, predict_step) for padded or packed batches; the loss and outputs are the
+    kind's."""
+    loss_fn = make_loss(model, kind)
 
     def train_step(params, opt_state, batch, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch, key)
@@ -135,7 +79,7 @@ def make_steps(model, tx, kind):
         return kind.outputs(model.apply({"params": params}, batch["input_ids"],
                                         **model_inputs(kind, batch)))
 
-    return loss_fn, train_step, predict_step
+    return train_step, predict_step
 
 
 def recipe(config, task: tasks.Task, steps: int, hidden_size: int = 768
@@ -175,10 +119,9 @@ def finetune(config, workdir) -> dict:
 
     results, run = {}, None
     for seed in seeds:
-        model, params = load_model(config.init, kind.head, num_labels,
-                                   None if task.regression else label_names, seed,
-                                   config.model_preset, tokenizer.vocab_size, dtype,
-                                   reset_head=config.reset_head)
+        model, params = weights.for_finetuning(
+            config.init, kind.head, num_labels, None if task.regression else label_names, seed,
+            config.model_preset, tokenizer.vocab_size, dtype, reset_head=config.reset_head)
         model = model.clone(config=model.config.replace(
             attention_implementation=config.get("attention_implementation", "eager")))
         if run is None:  # what every seed shares, compiled programs included
@@ -213,11 +156,7 @@ def finetune(config, workdir) -> dict:
     return summary
 
 
-# Settings that may change between runs in one workdir: another seed list only adds or skips
-# seed directories; the others change what is shown, where tfds looks, or SQuAD v2's decoding of
-# the test predictions. Any other change would mix two experiments in one set of checkpoints.
-FREE_TO_CHANGE = ("seeds", "progress", "tfds_data_dir", "null_threshold")
-PATH_SETTINGS = ("init", "tokenizer", "train_file", "eval_file", "test_file")
+# The settings a workdir was started with (all but finetune_config.FREE_TO_CHANGE).
 SETTINGS_FILE = "finetune_config.json"
 
 
@@ -246,7 +185,7 @@ def check_workdir_settings(workdir, config) -> None:
 
 
 def _shown(key: str, value) -> str:
-    unset = value == 0 if key in ("lr", "batch_size", "epochs", "max_length") else \
+    unset = value == 0 if key in RECIPE_DEFAULTS else \
         key == "weight_decay" and value is not None and value < 0
     return f"{value!r} (the task's recipe)" if unset else repr(value)
 
@@ -260,15 +199,11 @@ def record_settings(workdir, config) -> None:
 
 
 def _tokenizer_path(config) -> str:
-    from roberta_jax.export import is_pretraining_workdir, workdir_tokenizer
     if config.tokenizer:
         return config.tokenizer
-    init = fs.as_path(config.init) if config.init else None
-    if init is not None and is_pretraining_workdir(init):
-        return fs.as_str(workdir_tokenizer(init))
-    if init is None:
+    if not config.init:
         raise UserError("set --config.tokenizer (or --config.init to a model with one)")
-    return fs.as_str(init.parent if init.is_file() else init)
+    return fs.as_str(weights.tokenizer_source(config.init))
 
 
 @dataclasses.dataclass
@@ -307,7 +242,7 @@ class _Run:
                  f" (local files: scaled to width {model.config.hidden_size})")
         log.info("lr %.2g%s, batch %d, %d epochs of %d steps, weight decay %g", optimizer.lr,
                  where, batch_size, epochs, steps_per_epoch, optimizer.weight_decay)
-        _, train_step, predict_step = make_steps(model, tx, kind)
+        train_step, predict_step = make_steps(model, tx, kind)
         mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
         if batch_size % mesh.size:
             raise UserError(f"batch size {batch_size} is not divisible by the {mesh.size} "
@@ -373,8 +308,7 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
     kind = task_kinds.for_task(task, settings)
     model = TASKS[kind.head][0](config.replace(num_labels=int(np.max(labels)) + 1),
                                 dtype=jnp.dtype(dtype))
-    params = nn.meta.unbox(model.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))[
-        "params"])
+    params = weights.init_params(model, kind.head, seed)
     tokenizer = types.SimpleNamespace(pad_id=pad_id)
     run = _Run.build(settings, task, kind, tokenizer, model, split, {}, None,
                      config.max_sequence_length, seed)
@@ -386,10 +320,12 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
 
 
 def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
-    config, task, kind, mesh = run.config, run.task, run.kind, run.mesh
+    """Train one seed in `out` (resuming after its last finished epoch), keep its best epoch in
+    out/best, and predict (and score) the test splits with it."""
+    mesh = run.mesh
     params = jax.device_put(params, shd.replicated(mesh))
     opt_state = jax.device_put(run.tx.init(params), shd.replicated(mesh))
-    record_settings(out.parent, config)
+    record_settings(out.parent, run.config)
     # Saved in the background while the next epoch trains; close() waits for the last one.
     checkpointer = Checkpointer(out / "checkpoints", keep=1, async_save=True)
     first_epoch, best, history = 0, {}, []
@@ -401,62 +337,84 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
         params, opt_state = state["params"], state["opt_state"]
         best, history = meta["best"], meta["history"]
         log.info("seed %d: resumed after epoch %d", seed, first_epoch)
-    primary = f"{task.eval_splits[0]}_{task.metrics[0]}" if task.eval_splits else None
-    base_key = jax.random.key(seed)
+    primary = f"{run.task.eval_splits[0]}_{run.task.metrics[0]}" if run.task.eval_splits \
+        else None
     bar = progress_bar(run.steps_per_epoch * run.epochs, first_epoch * run.steps_per_epoch,
-                       "step", f"seed {seed}", enabled=config.progress)
+                       "step", f"seed {seed}", enabled=run.config.progress)
 
-    for epoch in range(first_epoch, run.epochs):
-        order = np.random.default_rng([seed, epoch]).permutation(run.train_split.size)
-        started, losses = time.perf_counter(), []
-        for i, batch in enumerate(run.train_batches(order)):
-            step_started = time.perf_counter()
-            params, opt_state, loss = run.jit_train(params, opt_state, _device_batch(batch, mesh),
-                                                    base_key,
-                                                    np.int32(epoch * run.steps_per_epoch + i))
-            if run.row_counts is not None and run.row_counts.measuring:
-                # A few synced steps price a compile against a step (pack.RowCounts).
-                loss.block_until_ready()
-                run.row_counts.observe(time.perf_counter() - step_started)
-            losses.append(loss)
-            bar.update()
-        losses = jax.device_get(losses)  # waits for the epoch's last step, then times it
-        seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                  "examples_per_second": run.steps_per_epoch * run.batch_size / seconds}
-        for split, encoded in run.eval_splits.items():
-            outputs = run.outputs(params, encoded)
-            for name, value in kind.evaluate(encoded, outputs, run.label_names).items():
-                record[f"{split}_{name}"] = value
-        history.append(record)
-        bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
-        print_above(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
-        if primary is None or not best or record[primary] > best[primary]:
-            best = record
-            _save_best(run.model, params, out / "best", run.tokenizer)
-        checkpointer.save(epoch + 1, {"params": params, "opt_state": opt_state},
-                          {"best": best, "history": history})
-    bar.close()
-    checkpointer.close()
-
-    scores = {}
-    if tests:
-        from roberta_jax.pretrained import from_pretrained
-        # The best weights in the run's own model: its compiled prediction step serves them.
-        _, best_params = from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
-        best_params = jax.device_put(best_params, shd.replicated(mesh))
-        for split, (data, filename) in tests.items():
-            encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
-            outputs = run.outputs(best_params, encoded)
-            path = out / (filename or f"{split}_predictions")
-            kind.write_predictions(path, encoded, outputs, run.label_names)
-            scored = kind.evaluate(encoded, outputs, run.label_names) \
-                if kind.has_labels(data) else {}
-            scores.update({f"{split}_{k}": v for k, v in scored.items()})
-            print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
-                  + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    try:
+        for epoch in range(first_epoch, run.epochs):
+            params, opt_state, record = _train_epoch(run, params, opt_state, seed, epoch, bar)
+            record.update(_evaluate(run, params))
+            history.append(record)
+            bar.set_postfix_str(f"epoch {epoch + 1} loss {record['train_loss']:.4f}")
+            print_above(f"seed {seed} epoch {epoch + 1}/{run.epochs}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k != "epoch"))
+            if primary is None or not best or record[primary] > best[primary]:
+                best = record
+                _save_best(run.model, params, out / "best", run.tokenizer)
+            checkpointer.save(epoch + 1, {"params": params, "opt_state": opt_state},
+                              {"best": best, "history": history})
+    finally:
+        # Also on Ctrl-C or an error: the epoch being saved in the background is written whole,
+        # so the next run resumes after it (as pretraining does).
+        bar.close()
+        checkpointer.close()
+    scores = _predict_tests(run, tests, seed, out) if tests else {}
     return {"best": best, "history": history, "test": scores}
+
+
+def _train_epoch(run: _Run, params, opt_state, seed: int, epoch: int, bar):
+    """One epoch of steps in the seed's order for it -> (params, opt_state, its record)."""
+    order = np.random.default_rng([seed, epoch]).permutation(run.train_split.size)
+    base_key = jax.random.key(seed)
+    started, losses = time.perf_counter(), []
+    for i, batch in enumerate(run.train_batches(order)):
+        step_started = time.perf_counter()
+        params, opt_state, loss = run.jit_train(params, opt_state,
+                                                _device_batch(batch, run.mesh), base_key,
+                                                np.int32(epoch * run.steps_per_epoch + i))
+        if run.row_counts is not None and run.row_counts.measuring:
+            # A few synced steps price a compile against a step (pack.RowCounts).
+            loss.block_until_ready()
+            run.row_counts.observe(time.perf_counter() - step_started)
+        losses.append(loss)
+        bar.update()
+    losses = jax.device_get(losses)  # waits for the epoch's last step, then times it
+    seconds = time.perf_counter() - started
+    return params, opt_state, {
+        "epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+        "examples_per_second": run.steps_per_epoch * run.batch_size / seconds}
+
+
+def _evaluate(run: _Run, params) -> dict:
+    """The kind's metrics on every evaluation split, named `{split}_{metric}`."""
+    scores = {}
+    for split, encoded in run.eval_splits.items():
+        outputs = run.outputs(params, encoded)
+        for name, value in run.kind.evaluate(encoded, outputs, run.label_names).items():
+            scores[f"{split}_{name}"] = value
+    return scores
+
+
+def _predict_tests(run: _Run, tests: dict, seed: int, out) -> dict:
+    """Predictions of the seed's best epoch for each test split, written to their files; the
+    scores of the splits that have labels."""
+    kind = run.kind
+    # The best weights in the run's own model: its compiled prediction step serves them.
+    _, best_params = weights.from_pretrained(out / "best", kind.head, dtype=run.model.dtype)
+    best_params = jax.device_put(best_params, shd.replicated(run.mesh))
+    scores = {}
+    for split, (data, filename) in tests.items():
+        encoded = kind.encode(run.tokenizer, data, run.max_length, run.label_names)
+        outputs = run.outputs(best_params, encoded)
+        path = out / (filename or f"{split}_predictions")
+        kind.write_predictions(path, encoded, outputs, run.label_names)
+        scored = kind.evaluate(encoded, outputs, run.label_names) if kind.has_labels(data) else {}
+        scores.update({f"{split}_{k}": v for k, v in scored.items()})
+        print(f"seed {seed}: wrote {encoded.size} test predictions -> {path}"
+              + "".join(f"; {split} {k} {v:.4f}" for k, v in scored.items()))
+    return scores
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "segment_ids", "segment_starts", "labels",
@@ -514,7 +472,6 @@ def _predict(jit_predict, params, kind, split, batch_size, pad_id, buckets, max_
 def _save_best(model, params, directory, tokenizer) -> None:
     """The best epoch so far as a Hugging Face directory with its tokenizer; the previous best
     is replaced only once this one is written whole."""
-    from roberta_jax.pretrained import save_pretrained
     staging = directory.parent / (directory.name + ".new")
     if staging.exists():
         staging.rmtree()

@@ -1,5 +1,7 @@
 """The optimizer: AdamW with RoBERTa's betas and eps, a warmup + decay schedule, a weight-decay
-mask, optional clipping and gradient accumulation. Built from `config.train`."""
+mask and optional clipping. Built from `config.train` (fine-tuning maps its settings to the same
+names: finetune.recipe). Gradient accumulation is not here: the train step sums micro-batch
+gradients itself (train.make_steps), so the optimizer sees one update per step."""
 
 from __future__ import annotations
 

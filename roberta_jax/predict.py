@@ -76,8 +76,11 @@ class Predictor:
         from roberta_jax import task_kinds
         from roberta_jax.convert.hf import TOKENIZER_FILES
         from roberta_jax.pretrained import from_pretrained, task_of
-        self.tokenizer = load_tokenizer(fs.local_copy(model_dir, TOKENIZER_FILES))
+        from roberta_jax.weights import tokenizer_source
         self.model, self.params = from_pretrained(model_dir)
+        # A fine-tuning workdir's model is its median seed's best/: its tokenizer is there.
+        self.tokenizer = load_tokenizer(fs.local_copy(tokenizer_source(model_dir),
+                                                      TOKENIZER_FILES))
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise UserError(f"{model_dir}: the tokenizer has {self.tokenizer.vocab_size} ids but "
                             f"the model {self.model.config.vocab_size}; they do not belong "

@@ -1,8 +1,7 @@
-"""`from_pretrained` / `save_pretrained`: checkpoints on disk <-> (model, params).
+"""`save_pretrained` and `convert`: (model, params) or any checkpoint -> a Hugging Face
+directory that `transformers` loads as is.
 
-Sources: a Hugging Face directory (this project's exports are those too), or a fairseq
-`model.pt` (or a directory holding one). Destination: a Hugging Face directory that
-`transformers` loads as is.
+Reading checkpoints (`from_pretrained`, re-exported here) is weights.py's job.
 """
 
 from __future__ import annotations
@@ -11,84 +10,20 @@ import logging
 import os
 import tempfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from roberta_jax import fs
 from roberta_jax.config import RobertaConfig
-from roberta_jax.convert import fairseq, hf
-from roberta_jax.convert.params import (hf_state_from_params, params_from_hf_state,
-                                        stack_layers, task_of_hf_state)
-from roberta_jax.errors import UserError
+from roberta_jax.convert import hf
+from roberta_jax.convert.params import hf_state_from_params, params_from_hf_state
 from roberta_jax.model import TASKS
+# Reading lives in weights.py; from_pretrained is re-exported here, where users import it from.
+from roberta_jax.weights import from_pretrained, read_checkpoint, resolve_task
 
-ARCHITECTURE_TO_TASK = {architecture: task for task, (_, architecture) in TASKS.items()}
+__all__ = ["convert", "from_pretrained", "save_pretrained", "task_of"]
+
 log = logging.getLogger("roberta_jax")
-
-
-def read_checkpoint(path: str | os.PathLike, head: str | None = None):
-    """-> (config, Hugging Face state dict, task the checkpoint was saved for, tokenizer source).
-
-    The tokenizer source is a directory to copy tokenizer files from, or a {name: bytes} dict.
-    """
-    path = fs.as_path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    from roberta_jax.export import is_pretraining_workdir
-    if is_pretraining_workdir(path):
-        raise UserError(f"{path}: a pretraining workdir, not a model; make a Hugging Face "
-                        f"directory of it with `roberta-jax export --workdir {path} --output DIR`")
-    if hf.is_hf_dir(path):
-        config, state, architecture = hf.read_hf_dir(path)
-        task = ARCHITECTURE_TO_TASK.get(_roberta_architecture(architecture)) \
-            or task_of_hf_state(state)
-        return config, state, task, path
-    checkpoint = fairseq.find_checkpoint(path)
-    if checkpoint is not None:
-        config, state, tokenizer_files = fairseq.read_fairseq(checkpoint, head=head)
-        return config, state, task_of_hf_state(state), tokenizer_files
-    raise UserError(f"{path}: not a model: expected a Hugging Face directory (config.json + "
-                    "weights) or a fairseq model.pt")
-
-
-def _roberta_architecture(name: str | None) -> str | None:
-    # XLMRobertaForMaskedLM, CamembertModel, ... are the same networks as Roberta*.
-    for prefix in ("XLMRoberta", "Camembert"):
-        if name and name.startswith(prefix):
-            return "Roberta" + name[len(prefix):]
-    return name
-
-
-def from_pretrained(path: str | os.PathLike, task: str | None = None, *,
-                    num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-                    scan_layers: bool = False, remat_policy: str | None = None,
-                    head: str | None = None, seed: int = 0):
-    """Load a checkpoint as (model, params) for `task` (default: the task it was saved for).
-
-    `task`: one of `roberta_jax.model.TASKS`. A head the checkpoint lacks is freshly initialised
-    from `seed` (with a warning), with `num_labels` outputs (default: the checkpoint config's).
-    `dtype` is the compute dtype (e.g. jnp.bfloat16), `param_dtype` the stored one.
-    `head` picks one of a fairseq checkpoint's named classification heads.
-    """
-    config, state, saved_task, _ = read_checkpoint(path, head=head)
-    task, config = _resolve_task(task or saved_task, config, num_labels)
-    params = params_from_hf_state(state, config, task, source=str(path), param_dtype=param_dtype,
-                                  seed=seed)
-    if scan_layers:
-        params = stack_layers(params)
-    params = jax.tree.map(jnp.asarray, params)
-    model = TASKS[task][0](config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
-                           remat_policy=remat_policy)
-    return model, params
-
-
-def _resolve_task(task: str, config: RobertaConfig, num_labels: int | None):
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    if task == "question-answering" and num_labels is None:
-        num_labels = 2  # start and end logits
-    return task, config.replace(num_labels=num_labels)
 
 
 def task_of(model) -> str:
@@ -145,7 +80,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, task: str | None = N
     round trip Hugging Face -> here -> Hugging Face is bitwise.
     """
     config, state, saved_task, tokenizer_source = read_checkpoint(src, head=head)
-    task, config = _resolve_task(task or saved_task, config, None)
+    task, config = resolve_task(task or saved_task, config, None)
     model = TASKS[task][0](config)
     params = params_from_hf_state(state, config, task, source=str(src),
                                   param_dtype=_widest_dtype(state))

@@ -21,16 +21,15 @@ import shutil
 import tempfile
 import time
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from roberta_jax import fs, hosts
+from roberta_jax import fs, hosts, weights
 from roberta_jax import sharding as shd
-from roberta_jax.checkpoint import Checkpointer, abstract_like, git_revision
+from roberta_jax.checkpoint import Checkpointer, git_revision
 from roberta_jax.config import RobertaConfig
 from roberta_jax.data.pipeline import PretrainingBatches, check_compatible, check_run_data
 from roberta_jax.data.prepare import TOKENIZER_DIR
@@ -40,47 +39,15 @@ from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import print_above, progress_bar
 from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config
+# The state's layout is shared with weights.py (which restores workdirs); importable from here.
+from roberta_jax.train_state import (TrainState, build_state, make_model,  # noqa: F401
+                                     model_config, strip_boxes)
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array            # completed optimizer steps; also the data position
-    params: dict
-    opt_state: optax.OptState
-    dropout_key: jax.Array     # raw key data; step keys are folded in from it
-    loss_mean: jax.Array       # running loss statistics for the spike guard
-    loss_sq_mean: jax.Array
-
-
 # =============================================================================== setup
-
-def model_config(config, vocab_size: int) -> RobertaConfig:
-    """The architecture trained: the config's, with the vocabulary padded for even sharding."""
-    m = config.model
-    real = vocab_size if m.vocab_size == -1 else m.vocab_size
-    if real < vocab_size:
-        raise UserError(f"model.vocab_size {real} is smaller than the data's tokenizer "
-                        f"({vocab_size} ids)")
-    padded = -(-real // m.vocab_multiple) * m.vocab_multiple
-    return RobertaConfig(
-        vocab_size=padded, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-        num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-        hidden_act=m.hidden_act, hidden_dropout_prob=m.hidden_dropout_prob,
-        attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-        max_position_embeddings=m.max_position_embeddings, layer_norm_eps=m.layer_norm_eps,
-        attention_implementation=m.attention_implementation)
-
-
-def make_model(config, model_cfg: RobertaConfig) -> RobertaForMaskedLM:
-    """The model trained, with the config's compute dtype, scan and remat settings."""
-    return RobertaForMaskedLM(model_cfg, dtype=jnp.dtype(config.model.dtype),
-                              param_dtype=jnp.dtype(config.model.param_dtype),
-                              scan_layers=config.model.scan_layers,
-                              remat_policy=config.model.remat_policy or None)
-
 
 # Paths a workdir records. They are stored resolved (absolute, or gs://...), so a later command
 # run from any directory (export, fine-tuning from the workdir, a resume) finds the same files.
@@ -252,31 +219,6 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
 
 # =============================================================================== state
 
-def build_state(config, mesh, model: RobertaForMaskedLM, tx, example_batch):
-    """-> (init function, abstract state with shardings, shardings): parameters and optimizer
-    state are created directly in their sharded layout.
-
-    Nothing runs here: the keys too are made inside the traced init, so this works for a mesh
-    of devices that only exist for compiling (`roberta-jax plan`)."""
-    seed = config.train.seed
-
-    def init():
-        params_key, dropout_key = jax.random.split(jax.random.key(seed))
-        boxed = model.init({"params": params_key}, example_batch["input_ids"],
-                           attention_mask=example_batch["attention_mask"],
-                           masked_positions=example_batch["masked_positions"])["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=boxed,
-                          opt_state=tx.init(boxed),
-                          dropout_key=jax.random.key_data(dropout_key),
-                          loss_mean=jnp.zeros(()), loss_sq_mean=jnp.zeros(()))
-
-    boxed_abstract = jax.eval_shape(init)
-    shardings = shd.logical_shardings(boxed_abstract, mesh)
-    abstract = abstract_like(strip_boxes(boxed_abstract), shardings)
-    init_sharded = jax.jit(lambda: nn.meta.unbox(init()), out_shardings=shardings)
-    return init_sharded, abstract, shardings
-
-
 def jit_train_step(train_step, shardings, mesh, config):
     """The train step as pretrain runs it: state sharded as built, batch split over the batch
     axes, metrics replicated, the old state's buffers donated to the new one."""
@@ -295,36 +237,10 @@ def restore_or_init(checkpointer: Checkpointer, config, init_sharded, abstract, 
         return state
     state = init_sharded()
     if config.model.init_from:
-        state = state.replace(params=_load_init_params(
+        state = state.replace(params=weights.for_pretraining(
             config.model.init_from, model_cfg, config.model.scan_layers, shardings.params))
         log.info("initialised weights from %s", config.model.init_from)
     return state
-
-
-def _load_init_params(path, model_cfg: RobertaConfig, scan_layers: bool, param_shardings):
-    """Encoder and LM head from an existing checkpoint, padded to the training vocabulary."""
-    from roberta_jax.convert.params import params_from_hf_state, stack_layers
-    from roberta_jax.pretrained import read_checkpoint
-    config, state, _, _ = read_checkpoint(path)
-    rows = state.get("roberta.embeddings.word_embeddings.weight")
-    if rows is None or rows.shape[0] > model_cfg.vocab_size:
-        raise UserError(f"{path}: its vocabulary does not fit this model's ({model_cfg.vocab_size})")
-    for key in ("roberta.embeddings.word_embeddings.weight", "lm_head.bias"):
-        if key in state:
-            pad = [(0, model_cfg.vocab_size - state[key].shape[0])] + [(0, 0)] * (state[key].ndim - 1)
-            state[key] = np.pad(state[key], pad)
-    params = params_from_hf_state(state, model_cfg, "masked-lm", source=str(path))
-    if scan_layers:
-        params = stack_layers(params)
-    return jax.device_put(params, param_shardings)
-
-
-def strip_boxes(tree):
-    """The values inside flax's partitioning boxes, without applying their constraints (which
-    only make sense inside jit)."""
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
-                        if isinstance(x, nn.meta.AxisMetadata) else x, tree,
-                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
 # =============================================================================== loop
@@ -371,23 +287,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                             f"{train.grad_accum * jax.process_count()}")
 
         # ------------------------------------------------------------ input
-        if not config.data.path:
-            raise UserError("data.path is not set: give a prepared directory, e.g. "
-                            "--config.data.path=prepared/")
-        batches = PretrainingBatches(
-            config.data.path, train.batch_size, train.seq_len, train.seed,
-            config.data.mask_prob, config.data.packing, jax.process_index(),
-            jax.process_count(), config.data.masking,
-            segment_ids=config.model.document_attention)
-        agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
-                              f"give every host the same prepared data at {config.data.path}")
-        eval_batches = None
-        if config.data.eval_path:
-            eval_batches = PretrainingBatches(
-                config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
-                mask_prob=config.data.mask_prob, packing=config.data.packing,
-                process_index=jax.process_index(), process_count=jax.process_count(),
-                masking=config.data.masking, segment_ids=config.model.document_attention)
+        batches, eval_batches = _open_data(config, agreement)
         tokenizer_info = batches.corpus.manifest["tokenizer"]
         real_vocab = tokenizer_info["vocab_size"] if config.model.vocab_size == -1 \
             else config.model.vocab_size
@@ -423,29 +323,17 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
             "process_count": jax.process_count(), "git_revision": git_revision()}
 
     # ---------------------------------------------------------------- throughput accounting
-    slots = example["masked_positions"].shape[1]
-    flops_per_token = train_flops_per_token(
-        model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size,
-        train.seq_len, model_cfg.vocab_size, head_fraction=slots / train.seq_len)
-    peak, peak_source = (config.peak_flops, "config") if config.peak_flops else \
-        peak_flops_per_device(jax.devices()[0])
-    peak_total = peak * mesh.size
     tokens_per_step = train.batch_size * train.seq_len
+    flops_per_token, peak_total, peak_source = _flops_accounting(config, model_cfg, example, mesh)
 
     writer = _MetricsWriter(workdir, enabled=is_main)
 
     def evaluate(params, step):
-        sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
-        for i in range(config.eval.batches):
-            local = {k: v for k, v in eval_batches.batch(i).items() if k in keys}
-            out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
-            sums = {k: sums[k] + float(out[k]) for k in sums}
-        loss = sums["loss_sum"] / max(sums["weight"], 1.0)
-        result = {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
-                  "eval_perplexity": math.exp(min(loss, 50.0))}
+        result = _held_out_metrics(jit_eval, params, eval_batches, config.eval.batches, keys,
+                                   mesh)
         writer.write(step, result)
         if is_main:
-            print_above(f"step {step}: held-out MLM loss {loss:.3f} (perplexity "
+            print_above(f"step {step}: held-out MLM loss {result['eval_loss']:.3f} (perplexity "
                            f"{result['eval_perplexity']:,.1f}), masked-token accuracy "
                            f"{result['eval_accuracy']:.3f}")
         return result
@@ -455,7 +343,6 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
     stream = batches.iterate(start_step, max(train.steps - start_step, 0))
     pending, window_start, last = [], time.perf_counter(), {}
     last_saved = start_step if start_step else None
-    step = start_step
     try:
         with jax.set_mesh(mesh), nn.logical_axis_rules(shd.logical_rules(config)):
             for step in range(start_step, train.steps):
@@ -487,10 +374,8 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                     writer.flush()   # the metrics of every saved step are in the workdir
                     checkpointer.save(done, state, meta)
                     last_saved = done
-            else:
-                step = train.steps
         # ---------------------------------------------------------------- final save, report
-        step = int(jax.device_get(state.step))
+        step = int(jax.device_get(state.step))   # where the loop stopped, or train.steps
         if last_saved != step:
             writer.flush()
             checkpointer.save(step, state, meta, force=True)
@@ -511,6 +396,56 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
               + (f"; peak for MFU: {peak_source}" if step > start_step else ""))
     last["step"] = step
     return last
+
+
+def _open_data(config, agreement: hosts.Agreement):
+    """-> (training batches, held-out batches or None), this process's rows of them; every
+    process must have the same prepared data."""
+    train = config.train
+    if not config.data.path:
+        raise UserError("data.path is not set: give a prepared directory, e.g. "
+                        "--config.data.path=prepared/")
+    batches = PretrainingBatches(
+        config.data.path, train.batch_size, train.seq_len, train.seed,
+        config.data.mask_prob, config.data.packing, jax.process_index(),
+        jax.process_count(), config.data.masking,
+        segment_ids=config.model.document_attention)
+    agreement.expect_same("data manifest", _digest(batches.corpus.manifest),
+                          f"give every host the same prepared data at {config.data.path}")
+    eval_batches = None
+    if config.data.eval_path:
+        eval_batches = PretrainingBatches(
+            config.data.eval_path, train.batch_size, train.seq_len, seed=12345,
+            mask_prob=config.data.mask_prob, packing=config.data.packing,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            masking=config.data.masking, segment_ids=config.model.document_attention)
+    return batches, eval_batches
+
+
+def _flops_accounting(config, model_cfg: RobertaConfig, example, mesh):
+    """-> (training FLOPs per token, the mesh's peak FLOP/s, where the peak figure came from),
+    for the MFU the loop reports."""
+    train = config.train
+    slots = example["masked_positions"].shape[1]
+    flops_per_token = train_flops_per_token(
+        model_cfg.num_hidden_layers, model_cfg.hidden_size, model_cfg.intermediate_size,
+        train.seq_len, model_cfg.vocab_size, head_fraction=slots / train.seq_len)
+    peak, peak_source = (config.peak_flops, "config") if config.peak_flops else \
+        peak_flops_per_device(jax.devices()[0])
+    return flops_per_token, peak * mesh.size, peak_source
+
+
+def _held_out_metrics(jit_eval, params, eval_batches, num_batches: int, keys, mesh) -> dict:
+    """Masked-LM loss, accuracy and perplexity over the first `num_batches` held-out batches
+    (summed over the predicted tokens, then normalised)."""
+    sums = {"loss_sum": 0.0, "correct": 0.0, "weight": 0.0}
+    for i in range(num_batches):
+        local = {k: v for k, v in eval_batches.batch(i).items() if k in keys}
+        out = jax.device_get(jit_eval(params, shd.global_batch(local, mesh)))
+        sums = {k: sums[k] + float(out[k]) for k in sums}
+    loss = sums["loss_sum"] / max(sums["weight"], 1.0)
+    return {"eval_loss": loss, "eval_accuracy": sums["correct"] / max(sums["weight"], 1.0),
+            "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
 def train_keys(config) -> tuple[str, ...]:

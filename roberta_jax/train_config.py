@@ -1,10 +1,10 @@
 """The pretraining config: every field, with its default and meaning, in one place.
 
 `configs/*.py` start from `default_config()` and change what their model or recipe needs;
-`load_config` reads such a file (a path, or the name of one shipped with the package: `base`)
-and applies `--config.a.b=value` overrides from the command line. `check_pretrain_config` and
-`check_finetune_config` refuse, in one line each, values that would otherwise fail deep inside a
-run or be taken for something else.
+`load_config` reads such a file (a path, or the name of one shipped with the package: `base`;
+fine-tuning's too, built on finetune_config.py) and applies `--config.a.b=value` overrides from
+the command line. `check_pretrain_config` refuses, in one line each, values that would otherwise
+fail deep inside a run or be taken for something else.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def config_dir() -> pathlib.Path:
 
 
 def shipped_configs() -> list[str]:
-    """Names `--config` takes besides paths: tiny, base, large, xlmr_base, glue."""
+    """Names `--config` takes besides paths: tiny, base, large, xlmr_base, finetune, glue."""
     return sorted(p.stem for p in config_dir().glob("*.py") if not p.stem.startswith("_"))
 
 
@@ -246,19 +246,6 @@ def check_pretrain_config(config) -> None:
         value = config[section][field]
         if not isinstance(value, int) or value < 1:
             raise UserError(f"{key}={value!r}: must be a whole number of at least 1{hint}")
-
-
-def check_finetune_config(config) -> None:
-    """One line for each value a fine-tuning run cannot use, before anything starts."""
-    if "task" not in config or "model" in config:
-        raise UserError("not a fine-tuning config (it has no task field); use glue, or a file "
-                        "built like it")
-    _check_choice("dtype", config.dtype, FLOAT_DTYPES)
-    if not all(isinstance(s, int) for s in config.seeds):
-        raise UserError(f"seeds={config.seeds!r}: give whole numbers, e.g. --config.seeds='(1, 2)'")
-    for key in ("lr", "batch_size", "epochs", "max_length"):
-        if config[key] < 0:
-            raise UserError(f"{key}={config[key]!r}: must not be negative (0 = the task's recipe)")
 
 
 def _check_choice(key: str, value, choices, described: str | None = None) -> None:

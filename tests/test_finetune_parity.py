@@ -12,7 +12,8 @@ transformers = pytest.importorskip("transformers")
 from conftest import torch_training_losses  # noqa: E402
 from roberta_jax import task_kinds, tasks  # noqa: E402
 from roberta_jax.data.rows import IGNORED_LABEL  # noqa: E402
-from roberta_jax.finetune import load_model, make_steps, recipe  # noqa: E402
+from roberta_jax.finetune import make_steps, recipe  # noqa: E402
+from roberta_jax.weights import for_finetuning  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
 
 STEPS, BATCH, LENGTH, CHOICES, VOCAB = 20, 4, 12, 3, 96
@@ -77,10 +78,10 @@ def test_twenty_steps_follow_the_transformers_loop(tmp_path, kind):
     config = _finetune_config()
     task = tasks.Task("parity", kind, "unused")
     steps_kind = task_kinds.for_task(task, config)
-    model, params = load_model(str(tmp_path), steps_kind.head, num_labels, None, 0, "", VOCAB,
-                               np.float32)
+    model, params = for_finetuning(str(tmp_path), steps_kind.head, num_labels, None, 0, "",
+                                   VOCAB, np.float32)
     tx = make_optimizer(recipe(config, task, STEPS))
-    _, train_step, _ = make_steps(model, tx, steps_kind)
+    train_step, _ = make_steps(model, tx, steps_kind)
     train_step = jax.jit(train_step)
     opt_state = tx.init(params)
     batches = _batches(kind, num_labels or CHOICES)

@@ -195,7 +195,7 @@ HEADS = {"classification": "sequence-classification", "tokens": "token-classific
 def test_packed_batches_train_as_padded_ones_do(tmp_path, kind_name):
     """Same examples per step: the packed losses are the padded ones (QA: its softmax runs over
     each window's own tokens, so it is compared with that, from the padded model's logits)."""
-    from roberta_jax.finetune import make_steps, recipe
+    from roberta_jax.finetune import make_loss, make_steps, recipe
     from roberta_jax.optim import make_optimizer
     rng = np.random.default_rng(0)
     split = _split(kind_name, rng)
@@ -207,7 +207,8 @@ def test_packed_batches_train_as_padded_ones_do(tmp_path, kind_name):
     head = HEADS[kind_name]
     model, params = _model(tmp_path, head)
     tx = make_optimizer(recipe(config, task, STEPS))
-    loss_fn, train_step, _ = make_steps(model, tx, kind)
+    train_step, _ = make_steps(model, tx, kind)
+    loss_fn = make_loss(model, kind)
     train_step, loss_fn = jax.jit(train_step), jax.jit(loss_fn)
     order = rng.permutation(split.size if kind_name != "choice" else split.size)
     batch_size = BATCH if kind_name != "choice" else BATCH // CHOICES
@@ -282,7 +283,7 @@ def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_pa
     parity.random_hf_model(HEADS[kind_name], vocab_size=tokenizer.vocab_size,
                            num_labels=len(labels)).save_pretrained(tmp_path / "m")
     model, params = rj.from_pretrained(tmp_path / "m")
-    predict_step = jax.jit(make_steps(model, None, kind)[2])
+    predict_step = jax.jit(make_steps(model, None, kind)[1])
     mesh = shd.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
     buckets = (16, 32)
     order = np.arange(split.size)

@@ -16,7 +16,8 @@ from roberta_jax import sharding as shd  # noqa: E402
 from roberta_jax.data.masking import MaskingSpec, mask_batch  # noqa: E402
 from roberta_jax.model import RobertaForMaskedLM  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
-from roberta_jax.train import _load_init_params, build_state, make_steps, model_config  # noqa: E402
+from roberta_jax.train import build_state, make_steps, model_config  # noqa: E402
+from roberta_jax.weights import for_pretraining  # noqa: E402
 from roberta_jax.train_config import default_config  # noqa: E402
 
 STEPS, BATCH, LENGTH, VOCAB, WARMUP = 20, 8, 24, 99, 3
@@ -93,8 +94,8 @@ def test_twenty_pretraining_steps_follow_the_transformers_loop(tmp_path, grad_ac
         init, _, shardings = build_state(config, mesh, model, tx, example)
         # The transformers weights, padded to our vocabulary, read as pretraining reads
         # --config.model.init_from (under the mesh).
-        params = _load_init_params(str(tmp_path), model_cfg, config.model.scan_layers,
-                                   shardings.params)
+        params = for_pretraining(str(tmp_path), model_cfg, config.model.scan_layers,
+                                 shardings.params)
         state = init().replace(params=params, opt_state=tx.init(params))
         step = jax.jit(train_step)
         ours, our_rates = [], []

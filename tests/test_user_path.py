@@ -90,6 +90,10 @@ def test_config_names_resolve_to_the_shipped_files_and_paths_keep_working(tmp_pa
     from roberta_jax.train_config import config_dir, resolve_config
     assert resolve_config("base") == config_dir() / "base.py"
     assert (config_dir() / "glue.py").is_file()
+    # The fine-tuning config under its own name, and under the name users already type.
+    assert resolve_config("finetune") == config_dir() / "finetune.py"
+    from roberta_jax.train_config import load_config
+    assert load_config("glue").to_json() == load_config("finetune").to_json()
     missing = tmp_path / "not_prepared"
     monkeypatch.chdir(tmp_path)  # outside the clone
     for config in ("tiny", "tiny.py", str(ROOT / "configs" / "tiny.py")):
@@ -100,7 +104,7 @@ def test_config_names_resolve_to_the_shipped_files_and_paths_keep_working(tmp_pa
     code, out = run(["pretrain", "--config", "configs/tiny.py", "--workdir", tmp_path / "w"])
     assert code == 1 and "the shipped config of that name is --config tiny" in out, out
     code, out = run(["finetune", "--config", "nope", "--workdir", tmp_path / "w"])
-    assert code == 1 and "base, glue, large, tiny, xlmr_base" in out, out
+    assert code == 1 and "base, finetune, glue, large, tiny, xlmr_base" in out, out
     monkeypatch.chdir(ROOT)
     code, out = run(["pretrain", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
                      f"--config.data.path={missing}"])

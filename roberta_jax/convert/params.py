@@ -81,21 +81,24 @@ def unstack_layers(params: dict, num_layers: int) -> dict:
 
 # ------------------------------------------------------------------------------ state -> params
 
-def abstract_params(config: RobertaConfig, task: str, param_dtype=jnp.float32):
-    """Shapes and dtypes of the per-layer param tree of `task`, without allocating."""
-    model = TASKS[task][0](config, param_dtype=param_dtype)
-    boxed = jax.eval_shape(lambda: _init(model, config, task, jax.random.key(0)))
-    # Shapes only: the boxes' sharding constraints are not applied (under an active mesh, as
-    # when pretraining starts from model.init_from, they would fail on shapes).
+def init_params(model, task: str, seed: int = 0) -> dict:
+    """Freshly initialised params of `model` (a `task` model; plain arrays, no partitioning
+    boxes), from a dummy input. The one place a model is initialised outside a pretraining
+    state (train_state.build_state): fresh heads, models trained from scratch, shapes."""
+    shape = (1, 1, 4) if task == "multiple-choice" else (1, 4)
+    ids = jnp.full(shape, model.config.bos_token_id, jnp.int32)
+    boxed = model.init({"params": jax.random.key(seed)}, ids)["params"]
+    # The boxes' sharding constraints are not applied: they only make sense inside jit, and under
+    # an active mesh (as when pretraining starts from model.init_from) they would fail on shapes.
     return jax.tree.map(lambda x: x.unbox(apply_constraint=False)
                         if isinstance(x, nn.meta.AxisMetadata) else x, boxed,
                         is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
 
-def _init(model, config, task, rng):
-    shape = (1, 1, 4) if task == "multiple-choice" else (1, 4)
-    ids = jnp.full(shape, config.bos_token_id, jnp.int32)
-    return model.init({"params": rng}, ids)["params"]
+def abstract_params(config: RobertaConfig, task: str, param_dtype=jnp.float32):
+    """Shapes and dtypes of the per-layer param tree of `task`, without allocating."""
+    model = TASKS[task][0](config, param_dtype=param_dtype)
+    return jax.eval_shape(lambda: init_params(model, task))
 
 
 def params_from_hf_state(state: dict[str, np.ndarray], config: RobertaConfig, task: str, *,
@@ -130,8 +133,7 @@ def params_from_hf_state(state: dict[str, np.ndarray], config: RobertaConfig, ta
                         f"weights are missing, e.g. {', '.join(essential[:3])}")
     if missing:
         model = TASKS[task][0](config, param_dtype=param_dtype)
-        fresh = flax.traverse_util.flatten_dict(
-            nn.meta.unbox(_init(model, config, task, jax.random.key(seed))))
+        fresh = flax.traverse_util.flatten_dict(init_params(model, task, seed))
         for path in missing:
             params[path] = np.asarray(fresh[path])
         log.warning("%s: newly initialised (not in the checkpoint): %s", source,
