@@ -231,6 +231,7 @@ def hf_collator_per_core(directory, tokenizer_dir, batch, steps) -> float | None
 def bucket_batches(prepared: pathlib.Path, batch: int, steps: int, cache: pathlib.Path) -> dict:
     """Upload `prepared` to an emulated bucket and read batches from it."""
     import gcs_emulator
+
     from roberta_jax import fs
     from roberta_jax.data import PretrainingBatches
     os.environ["ROBERTA_JAX_CACHE"] = str(cache)

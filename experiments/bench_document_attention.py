@@ -28,7 +28,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
-from benchmarks_md import write_section  # noqa: E402
+from benchmarks_md import write_section
 
 EVAL_SEED = 12345
 SCORINGS = {"one document per row": "doc-sentences", "FULL-SENTENCES rows": "full-sentences"}
@@ -66,6 +66,7 @@ def score(run: pathlib.Path, held_out: pathlib.Path) -> dict:
     """Mean MLM loss over every held-out row of each scoring, the same masks for every run."""
     import jax
     import numpy as np
+
     from roberta_jax.data.pipeline import PretrainingBatches
     from roberta_jax.export import load_workdir_state
     from roberta_jax.optim import make_optimizer

@@ -45,6 +45,7 @@ KEYWORD = "the"
 def sentences(count: int, seed: int = 0) -> list[str]:
     """Distinct docstring sentences of 3 to 20 words, drawn so that the median is 7 words."""
     import numpy as np
+
     from roberta_jax import demo_corpus
     found = {}
     for doc in demo_corpus.stdlib_documents():
@@ -71,6 +72,7 @@ def setup(work: pathlib.Path, train: int, dev: int, predict: int) -> dict:
     import numpy as np
     import torch
     import transformers
+
     from roberta_jax.data.train_tokenizer import train_tokenizer
     texts = sentences(train + dev + predict)
     parts = {"train": texts[:train], "dev": texts[train:train + dev],
@@ -191,11 +193,13 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     planned row count compiled first): the steady state with any busy spell of the machine
     falling on both alike. Prints the median seconds of each."""
     import statistics
+
     import jax
     import ml_collections
     import numpy as np
     import torch
     import transformers
+
     from roberta_jax import sharding as shd
     from roberta_jax import task_kinds, tasks
     from roberta_jax.data import pack_examples as pack

@@ -53,10 +53,10 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
+from benchmarks_md import write_section
 
-from benchmarks_md import write_section  # noqa: E402
-from roberta_jax import demo_corpus  # noqa: E402
+from roberta_jax import demo_corpus
 
 SITE = pathlib.Path(sys.prefix) / "lib" / \
     f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
@@ -289,6 +289,7 @@ def their_batches(inputs: Inputs, seed: int, data: str):
     our-rows        - our FULL-SENTENCES rows in our order, masked by the collator;
     our-masking     - their blocks in their order, masked by our masking."""
     import torch
+
     from roberta_jax.data.masking import mask_batch
     if data in ("our-batches", "our-rows"):
         ours = inputs.ours(seed)
@@ -361,6 +362,7 @@ def train_theirs(inputs: Inputs, seed: int, steps: int, data: str, init: pathlib
 def train_ours(inputs: Inputs, seed: int, steps: int, packing: str, extra: list[str]):
     """`pretrain` then `export`, as a user runs them; -> the exported model, in torch."""
     import transformers
+
     from roberta_jax.export import export_workdir
     from roberta_jax.train import pretrain
     from roberta_jax.train_config import apply_override, default_config

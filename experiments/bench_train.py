@@ -52,6 +52,7 @@ def synthetic_step(layers, hidden, heads, ffn, vocab, batch, seq_len, dtype="flo
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from roberta_jax.model import RobertaForMaskedLM
     from roberta_jax.optim import make_optimizer
     from roberta_jax.train import TrainState, make_steps, model_config, strip_boxes
@@ -142,6 +143,7 @@ def same_work_step(work, layers, hidden, heads, ffn, vocab, batch, seq_len, scan
     import jax.numpy as jnp
     import numpy as np
     import optax
+
     from roberta_jax.config import RobertaConfig
     from roberta_jax.model import RobertaForMaskedLM, RobertaModel
     from roberta_jax.optim import decay_mask
@@ -514,6 +516,7 @@ def same_work_rows(args, ceiling):
 
 def _write_same_work(rows, ceiling, threads):
     import platform
+
     import jax
     import torch
     import transformers
@@ -552,6 +555,7 @@ def _write_same_work(rows, ceiling, threads):
 
 def _write(rows, ceiling, threads):
     import platform
+
     import jax
     import torch
     import transformers

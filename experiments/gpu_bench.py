@@ -12,11 +12,11 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import jax  # noqa: E402
+import jax
+from bench_train import synthetic_step, time_steps
+from benchmarks_md import write_section
 
-from bench_train import synthetic_step, time_steps  # noqa: E402
-from benchmarks_md import write_section  # noqa: E402
-from roberta_jax.flops import peak_flops_per_device, train_flops_per_token  # noqa: E402
+from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
 
 BASE = dict(title="roberta-base, 512 tokens", layers=12, hidden=768, heads=12, ffn=3072,
             vocab=50265, seq_len=512, steps=10, batches=(64, 128, 256), budget_s=330)

@@ -29,7 +29,7 @@ def environment():
         try:
             module = importlib.import_module(name)
             print(f"  {name} {getattr(module, '__version__', '?')}", flush=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"  {name}: missing ({type(e).__name__})", flush=True)
 
 
@@ -59,7 +59,7 @@ def attention_check():
         try:
             (_, logits), grads[implementation] = jax.jit(jax.value_and_grad(
                 lambda p: loss(p, model), has_aux=True))(params)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"attention {implementation}: FAILED {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:300]}", flush=True)
             continue
@@ -102,7 +102,7 @@ def finetune_steps():
             print(f"packing={packing} attention={attention}: {rate:,.0f} examples/s, "
                   f"set-up + compile + first step {first:.1f} s, {tokens / len(batches):,.0f} "
                   f"positions a step, loss {float(loss):.3f}", flush=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             print(f"packing={packing} attention={attention}: FAILED {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:300]}", flush=True)
 

@@ -151,10 +151,11 @@ def main() -> int:
             return 1
         break
 
-    from roberta_jax.export import load_workdir_state
-    from roberta_jax.train import read_metrics
     import jax
     import numpy as np
+
+    from roberta_jax.export import load_workdir_state
+    from roberta_jax.train import read_metrics
     a, *_ = load_workdir_state(root / "reference")
     b, *_ = load_workdir_state(workdir)
     same_state = all(np.array_equal(np.asarray(x), np.asarray(y))

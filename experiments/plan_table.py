@@ -74,8 +74,8 @@ def row_text(row: dict) -> str:
 
 
 def write(rows: list[dict], mfu: float) -> None:
-    from benchmarks_md import write_section
     import jax
+    from benchmarks_md import write_section
     body = f"""## Plans for TPU slices (`python experiments/plan_table.py`)
 
 `roberta-jax plan --search` for each config at its paper batch (8,192 x 512, 500k steps) on

@@ -10,9 +10,16 @@ from roberta_jax import data
 from roberta_jax.config import PRESETS, RobertaConfig
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
-from roberta_jax.model import (HEADS, TASKS, RobertaForMaskedLM, RobertaForMultipleChoice,
-                               RobertaForQuestionAnswering, RobertaForSequenceClassification,
-                               RobertaForTokenClassification, RobertaModel)
+from roberta_jax.model import (
+                               HEADS,
+                               TASKS,
+                               RobertaForMaskedLM,
+                               RobertaForMultipleChoice,
+                               RobertaForQuestionAnswering,
+                               RobertaForSequenceClassification,
+                               RobertaForTokenClassification,
+                               RobertaModel,
+)
 from roberta_jax.pretrained import convert, from_pretrained, save_pretrained
 
 __all__ = [

@@ -75,6 +75,7 @@ def _plan(args) -> int:
         import jax
         jax.config.update("jax_platforms", "cpu")   # only compiles: never take a local TPU/GPU
     import json
+
     from roberta_jax import plan
     from roberta_jax.train_config import load_config
     if not 0 < args.mfu <= 1:

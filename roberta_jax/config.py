@@ -102,7 +102,7 @@ class RobertaConfig:
         """Longest input the position table allows: positions start at pad_token_id + 1."""
         return self.max_position_embeddings - self.pad_token_id - 1
 
-    def replace(self, **changes) -> "RobertaConfig":
+    def replace(self, **changes) -> RobertaConfig:
         """A copy with some fields changed; `num_labels=N` is accepted and names labels LABEL_i."""
         if "num_labels" in changes:
             n = changes.pop("num_labels")
@@ -113,7 +113,7 @@ class RobertaConfig:
     # ---------------------------------------------------------------- Hugging Face config.json
 
     @classmethod
-    def from_hf_dict(cls, raw: dict, source: str = "config.json") -> "RobertaConfig":
+    def from_hf_dict(cls, raw: dict, source: str = "config.json") -> RobertaConfig:
         model_type = raw.get("model_type")
         if model_type not in ROBERTA_MODEL_TYPES:
             raise UserError(
@@ -150,7 +150,7 @@ class RobertaConfig:
         return out
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> "RobertaConfig":
+    def from_json_file(cls, path: str | os.PathLike) -> RobertaConfig:
         from roberta_jax import fs
         try:
             with fs.as_path(path).open(encoding="utf-8") as f:

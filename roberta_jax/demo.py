@@ -124,6 +124,7 @@ def _measure_step_seconds(config) -> float:
     import jax
     import jax.numpy as jnp
     import optax
+
     from roberta_jax.model import RobertaForMaskedLM
     from roberta_jax.train import model_config
     cfg = model_config(config, VOCAB_SIZE)
@@ -301,6 +302,7 @@ def pretraining_figures(pretrain_dir: pathlib.Path) -> dict:
 
 def _write_report(work, examples, classification, agreement, seconds, config):
     import math
+
     from roberta_jax.train import _plot_losses
     _plot_losses(work / "pretrain")
     _plot_finetune(work, classification)

@@ -14,9 +14,15 @@ from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.convert.hf import TOKENIZER_FILES
 from roberta_jax.errors import UserError
 from roberta_jax.pretrained import save_pretrained
+
 # Reading a workdir is weights.py's job; these names were importable from here and stay so.
-from roberta_jax.weights import (is_pretraining_workdir, load_workdir_params,  # noqa: F401
-                                 load_workdir_state, read_workdir_config, workdir_tokenizer)
+from roberta_jax.weights import (  # noqa: F401
+    is_pretraining_workdir,
+    load_workdir_params,
+    load_workdir_state,
+    read_workdir_config,
+    workdir_tokenizer,
+)
 
 
 def _check_tokenizer(tokenizer_dir, meta: dict) -> None:

@@ -24,21 +24,24 @@ import ml_collections
 import numpy as np
 import optax
 
-from roberta_jax import fs
+from roberta_jax import fs, task_kinds, tasks, weights
 from roberta_jax import sharding as shd
-from roberta_jax import task_kinds, tasks, weights
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS
 from roberta_jax.data import pack_examples as pack
 from roberta_jax.data.rows import bucket_length
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
+from roberta_jax.finetune_config import (
+    FREE_TO_CHANGE,
+    PATH_SETTINGS,
+    RECIPE_DEFAULTS,
+    check_finetune_config,
+)
 from roberta_jax.model import TASKS
 from roberta_jax.optim import make_optimizer
 from roberta_jax.pretrained import save_pretrained
 from roberta_jax.progress import print_above, progress_bar
-from roberta_jax.finetune_config import (FREE_TO_CHANGE, PATH_SETTINGS, RECIPE_DEFAULTS,
-                                         check_finetune_config)
 
 log = logging.getLogger("roberta_jax")
 

@@ -21,8 +21,8 @@ from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")   # read by epath at every call, orbax's too
 
-import fsspec.config  # noqa: E402
-from etils import epath  # noqa: E402
+import fsspec.config
+from etils import epath
 
 for _protocol in ("gs", "gcs"):
     fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)

@@ -97,7 +97,7 @@ class Agreement:
         self.facts[what] = {"value": json.loads(json.dumps(value, default=str)),
                             "advice": advice}
 
-    def __enter__(self) -> "Agreement":
+    def __enter__(self) -> Agreement:
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
@@ -141,7 +141,7 @@ def _exchange(name: str, value: dict, timeout_s: float) -> list[dict]:
     """Every process's `value`, in process order, through the coordination service's key-value
     store (host to host: no device is involved, and a missing process is a timeout, not a
     hang)."""
-    from jax._src import distributed   # the client orbax uses for the same purpose
+    from jax._src import distributed  # the client orbax uses for the same purpose
     client = distributed.global_state.client
     name = f"roberta_jax/{name}{next(_exchanges)}"
     client.key_value_set(f"{name}/{jax.process_index()}", json.dumps(value))
@@ -209,7 +209,7 @@ class Preemption:
         self._looping = False
         self._previous: dict = {}
 
-    def __enter__(self) -> "Preemption":
+    def __enter__(self) -> Preemption:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self

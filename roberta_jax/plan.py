@@ -221,7 +221,7 @@ def _usable_bytes(device) -> int | None:
         _usable_cache[kind] = None
         try:
             probe.lower(row).compile()
-        except Exception as e:   # noqa: BLE001 - the refusal is the answer
+        except Exception as e:
             found = _OOM_AVAILABLE.search(str(e))
             _usable_cache[kind] = _bytes(*found.groups()) if found else None
     return _usable_cache[kind]

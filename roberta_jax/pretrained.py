@@ -18,6 +18,7 @@ from roberta_jax.config import RobertaConfig
 from roberta_jax.convert import hf
 from roberta_jax.convert.params import hf_state_from_params, params_from_hf_state
 from roberta_jax.model import TASKS
+
 # Reading lives in weights.py; from_pretrained is re-exported here, where users import it from.
 from roberta_jax.weights import from_pretrained, read_checkpoint, resolve_task
 

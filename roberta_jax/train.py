@@ -39,9 +39,9 @@ from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import print_above, progress_bar
 from roberta_jax.train_config import STATE_DEFINING, check_pretrain_config
+
 # The state's layout is shared with weights.py (which restores workdirs); importable from here.
-from roberta_jax.train_state import (TrainState, build_state, make_model,  # noqa: F401
-                                     model_config, strip_boxes)
+from roberta_jax.train_state import TrainState, build_state, make_model, model_config, strip_boxes  # noqa: F401
 
 log = logging.getLogger("roberta_jax")
 LN2 = math.log(2.0)

@@ -42,8 +42,14 @@ from roberta_jax import sharding as shd
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.config import PRESETS, RobertaConfig
 from roberta_jax.convert import fairseq, hf
-from roberta_jax.convert.params import (hf_state_from_params, init_params, params_from_hf_state,
-                                        stack_layers, task_of_hf_state, unstack_layers)
+from roberta_jax.convert.params import (
+    hf_state_from_params,
+    init_params,
+    params_from_hf_state,
+    stack_layers,
+    task_of_hf_state,
+    unstack_layers,
+)
 from roberta_jax.errors import UserError
 from roberta_jax.model import TASKS, RobertaForMaskedLM
 from roberta_jax.optim import make_optimizer

@@ -11,11 +11,11 @@ os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import numpy as np
+import pytest
 
-from roberta_jax import parity  # noqa: E402
+from roberta_jax import parity
 
 assert jax.config.read("jax_disable_most_optimizations")
 

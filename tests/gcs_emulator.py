@@ -27,7 +27,6 @@ import sys
 import time
 import urllib.request
 
-
 # The emulator's own entry point, with media downloads that carry the object's generation.
 _EMULATOR_MAIN = """
 import sys

@@ -227,6 +227,7 @@ PATH_ARGUMENTS = {"src", "dst", "input", "output", "workdir", "config", "model",
 
 def test_every_command_that_reads_or_writes_the_users_files_has_a_mistake_in_the_catalogue():
     import argparse
+
     from roberta_jax.cli import build_parser
     commands = next(a for a in build_parser()._actions
                     if isinstance(a, argparse._SubParsersAction)).choices

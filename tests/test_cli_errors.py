@@ -5,9 +5,9 @@ import os
 import pickle
 
 import pytest
+from conftest import make_hf_model
 
 from roberta_jax.cli import main
-from conftest import make_hf_model
 
 
 class RunsCode:

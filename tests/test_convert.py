@@ -7,10 +7,10 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from conftest import HF_CLASSES, batch_for, hf_outputs, make_hf_model, our_outputs
 from safetensors.numpy import load_file
 
 import roberta_jax as rj
-from conftest import HF_CLASSES, batch_for, hf_outputs, make_hf_model, our_outputs
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

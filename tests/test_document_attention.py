@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_pretrain import tiny
 
 from roberta_jax.data.pipeline import PretrainingBatches
+from roberta_jax.errors import UserError
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import make_optimizer
 from roberta_jax.train import make_steps, model_config, pretrain, read_metrics, train_keys
-from roberta_jax.errors import UserError
-from test_pretrain import tiny
 
 
 def _row_with_two_documents(batches):

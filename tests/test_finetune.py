@@ -34,6 +34,7 @@ def test_metrics_match_scikit_learn_and_scipy():
 @pytest.fixture(scope="module")
 def small_model(prepared_corpus, tmp_path_factory):
     from conftest import make_hf_model
+
     import roberta_jax as rj
     tokenizer = rj.load_tokenizer(prepared_corpus[2])
     path = tmp_path_factory.mktemp("model") / "m"
@@ -110,6 +111,7 @@ def test_local_files_fine_tune_and_resume(small_model, tmp_path, caplog, monkeyp
 
 def test_predict_writes_labels_and_scores_as_json_lines(small_model, tmp_path):
     import io
+
     from roberta_jax.finetune import finetune
     from roberta_jax.predict import predict
     rows = [{"text": f"item {i} looks {'fine' if i % 2 else 'broken'}",
@@ -167,6 +169,7 @@ FINETUNE_SMALL = ["--config.seeds=(1,)", "--config.epochs=1", "--config.batch_si
 def test_qa_ner_and_choice_tasks_run_end_to_end_on_tfds_mock_data(small_model, tmp_path, task):
     tfds = pytest.importorskip("tensorflow_datasets")
     from conftest import tfds_records
+
     from roberta_jax.finetune import finetune
     config = load_config(str(ROOT / "configs" / "glue.py"),
                          [f"--config.task={task}", f"--config.init={small_model}"] + FINETUNE_SMALL)
@@ -252,6 +255,7 @@ def test_local_files_of_every_kind_fine_tune_and_export_to_transformers(small_mo
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4)
 
     import io
+
     from roberta_jax.predict import predict
     inputs = {"tokens": [{"text": "Anna Berg lives in Oslo ."}, {"tokens": ["Peter", "."]}],
               "qa": [{"question": "Where was Alice born?",

@@ -10,11 +10,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from conftest import torch_training_losses  # noqa: E402
+
 from roberta_jax import task_kinds, tasks  # noqa: E402
 from roberta_jax.data.rows import IGNORED_LABEL  # noqa: E402
 from roberta_jax.finetune import make_steps, recipe  # noqa: E402
-from roberta_jax.weights import for_finetuning  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
+from roberta_jax.weights import for_finetuning  # noqa: E402
 
 STEPS, BATCH, LENGTH, CHOICES, VOCAB = 20, 4, 12, 3, 96
 HF_CLASSES = {"classification": "RobertaForSequenceClassification",

@@ -18,6 +18,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 @pytest.fixture(scope="module")
 def small_model(prepared_corpus, tmp_path_factory):
     from conftest import make_hf_model
+
     import roberta_jax as rj
     tokenizer = rj.load_tokenizer(prepared_corpus[2])
     path = tmp_path_factory.mktemp("model") / "m"

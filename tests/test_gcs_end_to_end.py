@@ -116,6 +116,7 @@ def test_pretrain_kill_resume_export_finetune_predict_all_on_gs(prepared_corpus,
 
 def test_convert_writes_to_and_reads_from_gs_bitwise(gcs_bucket, tmp_path):
     from conftest import make_hf_model
+
     from roberta_jax.convert.hf import read_hf_weights
     make_hf_model("masked-lm").save_pretrained(tmp_path / "hf")
     remote = f"{gcs_bucket}/convert/hf"

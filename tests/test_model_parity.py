@@ -3,9 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import HF_CONFIGS, batch_for, hf_outputs, make_hf_model, our_outputs
 
 import roberta_jax as rj
-from conftest import HF_CONFIGS, batch_for, hf_outputs, make_hf_model, our_outputs
 
 TASKS = list(rj.TASKS)
 
@@ -131,6 +131,7 @@ def test_dropout_is_active_only_when_not_deterministic(tmp_path):
 def test_gelu_gradient_matches_torch_and_keeps_the_input_dtype():
     import jax
     import torch
+
     from roberta_jax.model import gelu
     x = np.linspace(-9.0, 9.0, 4001, dtype=np.float32)
     ours = jax.grad(lambda v: gelu(v).sum())(jnp.asarray(x))
@@ -146,6 +147,7 @@ def test_gelu_gradient_matches_torch_and_keeps_the_input_dtype():
 
 def test_dropout_drops_at_its_rate_and_rescales_what_it_keeps():
     import jax
+
     from roberta_jax.model import Dropout
     ones = jnp.ones((16, 12, 64, 63))  # an odd last axis: two elements per random word
     out = np.asarray(Dropout(0.1).apply({}, ones, deterministic=False,
@@ -165,6 +167,7 @@ def test_dropout_drops_at_its_rate_and_rescales_what_it_keeps():
 
 def test_dropout_bits_are_fair_and_independent_across_positions_and_keys():
     import jax
+
     from roberta_jax.model import _hashed_bits
     words = np.asarray(_hashed_bits(jax.random.key(0), (64, 32), 256))
     halves = words.view(np.uint16).astype(np.int64).reshape(-1)

@@ -271,6 +271,7 @@ def _eval_split(kind_name, tokenizer):
 @pytest.mark.parametrize("kind_name", ["classification", "tokens", "qa", "choice"])
 def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_path, kind_name):
     from conftest import small_bpe_tokenizer
+
     from roberta_jax import sharding as shd
     from roberta_jax.finetune import _predict, make_steps
     tokenizer = small_bpe_tokenizer(["alpha beta gamma delta epsilon zeta eta theta"], tmp_path)
@@ -304,6 +305,7 @@ def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_pa
 @pytest.mark.parametrize("task", ["masked-lm", "sequence-classification"])
 def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, task):
     from conftest import small_bpe_tokenizer
+
     from roberta_jax.predict import Predictor
     words = "alpha beta gamma delta epsilon zeta eta theta"
     (tmp_path / "m").mkdir()

@@ -5,11 +5,11 @@ Three tiny runs (one device, dropout off) serve the four tests."""
 import jax
 import numpy as np
 import pytest
+from test_pretrain import tiny
 
 from roberta_jax.checkpoint import Checkpointer
 from roberta_jax.export import load_workdir_state
 from roberta_jax.train import pretrain, read_metrics
-from test_pretrain import tiny
 
 STEPS = 8
 

@@ -12,13 +12,14 @@ import pytest
 transformers = pytest.importorskip("transformers")
 
 from conftest import torch_training_losses  # noqa: E402
+
 from roberta_jax import sharding as shd  # noqa: E402
 from roberta_jax.data.masking import MaskingSpec, mask_batch  # noqa: E402
 from roberta_jax.model import RobertaForMaskedLM  # noqa: E402
 from roberta_jax.optim import make_optimizer  # noqa: E402
 from roberta_jax.train import build_state, make_steps, model_config  # noqa: E402
-from roberta_jax.weights import for_pretraining  # noqa: E402
 from roberta_jax.train_config import default_config  # noqa: E402
+from roberta_jax.weights import for_pretraining  # noqa: E402
 
 STEPS, BATCH, LENGTH, VOCAB, WARMUP = 20, 8, 24, 99, 3
 BOS, PAD, EOS, MASK = 0, 1, 2, VOCAB - 1

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 import roberta_jax as rj  # noqa: E402
 from roberta_jax.data.masking import MaskingSpec, mask_batch  # noqa: E402
@@ -17,8 +18,8 @@ SETTINGS = settings(max_examples=60, deadline=None,
 
 @pytest.fixture(scope="module")
 def tokenizers(prepared_corpus, tmp_path_factory):
-    from roberta_jax.data.train_tokenizer import train_tokenizer
     from roberta_jax import demo_corpus
+    from roberta_jax.data.train_tokenizer import train_tokenizer
     root = tmp_path_factory.mktemp("prop")
     demo_corpus.write_text(demo_corpus.stdlib_documents()[:300], root / "c.txt")
     bpe = train_tokenizer([str(root / "c.txt")], 600, str(root / "bpe"), kind="bpe")

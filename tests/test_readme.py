@@ -3,8 +3,8 @@
 import pathlib
 import re
 
-
 from conftest import make_hf_model
+
 from roberta_jax.data.train_tokenizer import train_tokenizer
 
 README = pathlib.Path(__file__).parent.parent / "README.md"

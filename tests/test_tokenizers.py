@@ -11,7 +11,12 @@ from roberta_jax.data.train_tokenizer import train_tokenizer
 transformers = pytest.importorskip("transformers")
 
 # Real prose (standard-library documentation) plus hand-picked hard cases.
-import argparse, collections, json as _json, logging, pathlib as _pathlib  # noqa: E401,E402
+import argparse  # noqa: E402
+import collections
+import json as _json
+import logging
+import pathlib as _pathlib
+
 DOCS = [line for module in (argparse, collections, _json, logging, _pathlib)
         for obj in vars(module).values() if isinstance(getattr(obj, "__doc__", None), str)
         for line in obj.__doc__.splitlines() if line.strip()]

@@ -184,6 +184,7 @@ def test_pip_install_then_the_demo_runs_from_another_directory(tmp_path):
 def small_model(prepared_corpus, tmp_path_factory):
     """A random (not pretrained) width-24 masked LM with the test corpus's tokenizer."""
     from conftest import make_hf_model
+
     import roberta_jax as rj
     tokenizer = rj.load_tokenizer(prepared_corpus[2])
     path = tmp_path_factory.mktemp("model") / "m"
@@ -234,6 +235,7 @@ def test_local_files_default_recipe_learns_on_a_small_model(local_run):
 
 def test_local_recipe_scales_with_the_model_and_glue_keeps_its_own():
     import ml_collections
+
     from roberta_jax import tasks
     from roberta_jax.finetune import recipe
     unset = ml_collections.ConfigDict(dict(lr=0.0, warmup_ratio=0.06, b2=0.98, eps=1e-6,
@@ -300,6 +302,7 @@ def test_local_regression_file_keeps_labels_of_minus_one(small_model, tmp_path):
 
 def test_local_labels_are_all_or_none():
     import tempfile
+
     from roberta_jax.data.classification import read_examples
     from roberta_jax.errors import UserError
     with tempfile.TemporaryDirectory() as d:
@@ -337,6 +340,7 @@ def test_save_pretrained_writes_the_tokenizer_and_predict_reads_it(small_model, 
 
 def test_save_pretrained_without_a_tokenizer_says_so(small_model, tmp_path, caplog):
     import logging
+
     import roberta_jax as rj
     caplog.set_level(logging.INFO, logger="roberta_jax")
     model, params = rj.from_pretrained(small_model, task="masked-lm")
@@ -442,6 +446,7 @@ class Clock:
 
 def test_eta_counts_from_the_end_of_the_first_compiling_step(monkeypatch):
     import tqdm.std
+
     from roberta_jax.progress import progress_bar
     clock = Clock()
     monkeypatch.setattr(tqdm.std, "time", clock)
@@ -474,6 +479,7 @@ def test_a_terminal_of_width_zero_still_shows_progress(monkeypatch):
 
 def test_log_messages_and_the_interrupt_message_start_their_own_line(monkeypatch):
     import logging
+
     from roberta_jax import cli
     from roberta_jax.progress import close_bars, progress_bar
     close_bars()  # none left over from other tests

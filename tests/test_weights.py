@@ -13,8 +13,8 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-
 from conftest import make_hf_model
+
 from roberta_jax import weights
 from roberta_jax.errors import UserError
 

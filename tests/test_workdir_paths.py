@@ -9,12 +9,12 @@ import shutil
 import stat
 
 import pytest
+from test_pretrain import ROOT
 
 from roberta_jax import cli
 from roberta_jax.errors import UserError
 from roberta_jax.train import check_workdir_config, resolve_paths
 from roberta_jax.train_config import load_config
-from test_pretrain import ROOT
 
 SMALL = ["--config.model.hidden_size=32", "--config.model.num_hidden_layers=2",
          "--config.model.intermediate_size=64", "--config.model.max_position_embeddings=66",

@@ -16,7 +16,7 @@ import gzip
 import io
 import json
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from roberta_jax import fs
 from roberta_jax.errors import UserError

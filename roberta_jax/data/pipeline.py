@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -182,7 +182,7 @@ class PretrainingBatches:
         return out
 
     def iterate(self, start_step: int = 0, num_steps: int | None = None,
-                prefetch: int | None = None, threads: int | None = None) -> "Batches":
+                prefetch: int | None = None, threads: int | None = None) -> Batches:
         """Batches of start_step, start_step + 1, ..., computed ahead on background threads
         and yielded in order."""
         stop = start_step + num_steps if num_steps is not None else None
@@ -249,7 +249,7 @@ class _Ahead:
             self.cond.notify_all()
 
 
-_LIVE: "weakref.WeakSet[_Ahead]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[_Ahead] = weakref.WeakSet()
 
 
 @atexit.register

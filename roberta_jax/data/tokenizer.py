@@ -184,7 +184,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_files(cls, vocab_file, merges_file) -> "ByteLevelBPETokenizer":
+    def from_files(cls, vocab_file, merges_file) -> ByteLevelBPETokenizer:
         import tokenizers
         from tokenizers import decoders, models, pre_tokenizers
         try:
@@ -198,7 +198,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         return cls(tok, str(vocab_file))
 
     @classmethod
-    def from_tokenizer_json(cls, file) -> "ByteLevelBPETokenizer":
+    def from_tokenizer_json(cls, file) -> ByteLevelBPETokenizer:
         import tokenizers
         try:
             tok = tokenizers.Tokenizer.from_file(str(file))
