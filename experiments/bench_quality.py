@@ -32,9 +32,9 @@ Scorings (held-out, 15% masked 80/10/10 by the collator with a fixed seed, the s
 every model): per document (`<s> doc </s>`, truncated to 128, padded), packed blocks
 (group_texts), and our FULL-SENTENCES rows.
 
---doc-attention KEY: the hook for document-boundary attention in pretraining. When such an
-option lands, give its config key (e.g. `model.document_attention`); the runs of ours are then
-repeated with it set to True and reported as another side.
+Our sides attend across the documents of a packed row, as the paper and run_mlm's blocks do
+(`--config.model.document_attention=False`); `--doc-attention` adds the side
+ours-doc-attention, our `pretrain` with each document of a row attending only to itself.
 """
 
 import argparse
@@ -423,9 +423,8 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="",
                         help="working directory (default: a temporary one); a run with the same "
                              "--work continues where it stopped")
-    parser.add_argument("--doc-attention", default="", metavar="KEY",
-                        help="config key of document-boundary attention in pretraining; adds "
-                             "the side ours-doc-attention")
+    parser.add_argument("--doc-attention", action="store_true",
+                        help="add the side ours-doc-attention (model.document_attention=True)")
     parser.add_argument("--own-init", dest="shared_init", action="store_false",
                         help="each side draws its own initial weights (default: both start from "
                              "transformers' initialisation for the seed)")
@@ -441,12 +440,13 @@ def main(argv=None) -> None:
     unknown = [s for s in sides if s not in SIDES]
     if unknown:
         parser.error(f"unknown side {unknown[0]!r}; choose from {', '.join(SIDES)}")
-    extra = {name: [] for name in sides}
+    extra = {name: ["--config.model.document_attention=False"] for name in sides}
     if args.doc_attention:
         name = "ours-doc-attention"
-        SIDES[name] = ("ours", "full-sentences", f"our `pretrain` with {args.doc_attention}")
+        SIDES[name] = ("ours", "full-sentences", "our `pretrain` with "
+                       "`model.document_attention=True`")
         sides.append(name)
-        extra[name] = [f"--config.{args.doc_attention}=True"]
+        extra[name] = ["--config.model.document_attention=True"]
 
     work = pathlib.Path(args.work or tempfile.mkdtemp(prefix="bench_quality_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -41,9 +41,10 @@ def default_config() -> ml_collections.ConfigDict:
     m.remat_policy = ""                 # "", "full", or a jax.checkpoint_policies name
     m.attention_implementation = "eager"  # or "jax" / "cudnn": jax.nn.dot_product_attention
     m.init_from = ""                    # start from these weights (HF dir / fairseq / export)
-    # True: in a packed row each document attends only to itself, its positions counted from
-    # its own start (segment ids from the </s> that ends each document). Off in the paper.
-    m.document_attention = False
+    # In a packed row each document attends only to itself, its positions counted from its
+    # own start (segment ids from the </s> that ends each document): 0.033 nats lower held-out
+    # loss in BENCHMARKS.md. False attends across documents, as the paper did.
+    m.document_attention = True
 
     c.data = d = ml_collections.ConfigDict()
     d.path = ""                         # a directory written by `roberta-jax prepare`

@@ -80,13 +80,17 @@ def test_pretraining_with_document_attention_trains_evaluates_and_resumes_only_s
         pretrain(off, tmp_path / "run")
 
 
-def test_a_workdir_from_before_the_option_resumes_with_it_off(prepared_corpus, tmp_path):
-    config = tiny(prepared_corpus[0])
+def test_a_workdir_from_before_the_option_resumes_only_with_it_off(prepared_corpus, tmp_path):
+    config = tiny(prepared_corpus[0], model__document_attention=False)
     pretrain(config, tmp_path / "run")
     saved = tmp_path / "run" / "config.json"
     older = json.loads(saved.read_text())
-    del older["model"]["document_attention"]
+    del older["model"]["document_attention"]   # as written before the option existed
     saved.write_text(json.dumps(older))
     config.train.steps = 4
+    today = tiny(prepared_corpus[0])   # the default is on now; that run attended across
+    today.train.steps = 4
+    with pytest.raises(UserError, match="model.document_attention=False"):
+        pretrain(today, tmp_path / "run")
     pretrain(config, tmp_path / "run")
     assert max(r["step"] for r in read_metrics(tmp_path / "run") if "loss" in r) == 4
