@@ -23,7 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.model = m = ml_collections.ConfigDict()
     m.vocab_size = -1                   # -1: the prepared data's tokenizer decides
-    m.vocab_multiple = 128              # embedding rows padded up to a multiple (unpadded on export)
+    m.vocab_multiple = 128              # embedding rows padded to a multiple (unpadded on export)
     m.hidden_size = 768
     m.num_hidden_layers = 12
     m.num_attention_heads = 12
