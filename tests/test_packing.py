@@ -61,7 +61,8 @@ def test_a_packed_row_computes_what_each_example_computes_alone(tmp_path, task, 
         inputs["segment_starts"] = rows["segment_starts"]
     packed = model.apply({"params": params}, rows["input_ids"], **inputs)
     if task == "multiple-choice":  # each sequence is a choice of its own: [n, 1, length]
-        alone = model.apply({"params": params}, alone_ids[:, None], attention_mask=alone_mask[:, None])
+        alone = model.apply({"params": params}, alone_ids[:, None],
+                            attention_mask=alone_mask[:, None])
         with torch.no_grad():
             hf = parity.random_hf_model(task)(input_ids=torch.tensor(alone_ids[:, None]).long(),
                                               attention_mask=torch.tensor(alone_mask[:, None]))
