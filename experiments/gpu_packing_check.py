@@ -59,7 +59,7 @@ def attention_check():
         model = eager.clone(config=config.replace(attention_implementation=implementation))
         try:
             (_, logits), grads[implementation] = jax.jit(jax.value_and_grad(
-                lambda p: loss(p, model), has_aux=True))(params)
+                lambda p: loss(p, model), has_aux=True))(params)  # noqa: B023 (traced at once)
         except Exception as e:
             print(f"attention {implementation}: FAILED {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:300]}", flush=True)

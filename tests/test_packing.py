@@ -146,8 +146,8 @@ def test_row_counts_are_the_cheapest_choice_of_at_most_three():
         multiple = int(rng.choice([1, 2, 4]))
         chosen = pack.choose_row_counts(needed, multiple)
 
-        def cost(counts):
-            return sum(pack.fit_rows(n, counts, multiple) for n in needed)
+        def cost(counts):  # used only within this iteration
+            return sum(pack.fit_rows(n, counts, multiple) for n in needed)  # noqa: B023
         values = sorted({-(-n // multiple) * multiple for n in needed})
         best = min(cost(c + (values[-1],)) for k in range(3)
                    for c in itertools.combinations(values[:-1], k))
