@@ -18,5 +18,6 @@ def get_config():
     c.model.intermediate_size = 4096
     c.train.lr = 4e-4
     c.train.warmup_steps = 30_000
-    c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # 24 layers x 512 tokens of activations
+    # 24 layers x 512 tokens of activations
+    c.model.remat_policy = "dots_with_no_batch_dims_saveable"
     return c

@@ -312,7 +312,7 @@ def run(args, root, vocab, batch_steps) -> dict:
     for kind in ("sentencepiece", "bpe"):
         sample = sample_sentences([str(text)], args.tokenizer_sentences)
         (tokenizer, wall, cpu) = cpu_of(lambda: train_tokenizer(
-            [str(text)], vocab, str(root / f"tok-{kind}"), kind=kind,
+            [str(text)], vocab, str(root / f"tok-{kind}"), kind=kind,  # noqa: B023 (run at once)
             max_sentences=args.tokenizer_sentences))
         r["tokenizers"][kind] = {"line": sample.describe(), "spread": sample.spread(10),
                                  "vocab": tokenizer.vocab_size, "seconds": wall}
@@ -333,8 +333,8 @@ def run(args, root, vocab, batch_steps) -> dict:
                         break
         out = root / f"prepared-{kind}"
         manifest, wall, cpu = cpu_of(lambda: prepare(
-            [str(source)], str(root / f"tok-{kind}"), str(out), progress=False,
-            unit_bytes=max(1 << 20, int(r["text_mb"] * 1e6 / cores / 4))))
+            [str(source)], str(root / f"tok-{kind}"), str(out),  # noqa: B023 (run at once)
+            progress=False, unit_bytes=max(1 << 20, int(r["text_mb"] * 1e6 / cores / 4))))
         tokens = manifest["totals"]["tokens"]
         alone = tokenizer_alone(root / f"tok-{kind}", source, 20e6 if not args.smoke else 1e6)
         r["prepare"][kind] = {"tokens": tokens, "wall": wall, "cpu": cpu,

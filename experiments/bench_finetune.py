@@ -248,8 +248,9 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     ours = [_device_batch(b, mesh)
             for b in pack.train_batches(kind, split, plan, BATCH, order, tokenizer.pad_id)]
     state = [params, tx.init(params), jax.random.key(0)]
+    number = [0]  # steps taken, for the step's dropout key
 
-    def our_step(batch, number=[0]):
+    def our_step(batch):
         state[0], state[1], loss = step(state[0], state[1], batch, state[2], np.int32(number[0]))
         number[0] += 1
         loss.block_until_ready()

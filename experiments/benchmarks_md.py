@@ -4,7 +4,8 @@ import pathlib
 import re
 
 PATH = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nWritten by the scripts in `experiments/`; each section says how it was made.\n"
+HEADER = ("# Benchmarks\n\nWritten by the scripts in `experiments/`; each section says how it was "
+          "made.\n")
 
 
 def write_section(name: str, body: str) -> None:

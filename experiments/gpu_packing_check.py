@@ -41,8 +41,9 @@ def attention_check():
     rows = pack.rows_of(sequences, placement, placement.rows, 128, pack.slots_needed(placement), 1)
     alone_ids, alone_mask = pad_batch(sequences, 64, 1)
     config = RobertaConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=2,
-                           num_attention_heads=4, intermediate_size=512, max_position_embeddings=130,
-                           attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
+                           num_attention_heads=4, intermediate_size=512,
+                           max_position_embeddings=130, attention_probs_dropout_prob=0.0,
+                           hidden_dropout_prob=0.0)
     eager = RobertaForSequenceClassification(config, dtype=jnp.bfloat16)
     params = eager.init(jax.random.key(0), alone_ids[:1])["params"]
     reference = np.asarray(eager.apply({"params": params}, alone_ids,
@@ -58,7 +59,7 @@ def attention_check():
         model = eager.clone(config=config.replace(attention_implementation=implementation))
         try:
             (_, logits), grads[implementation] = jax.jit(jax.value_and_grad(
-                lambda p: loss(p, model), has_aux=True))(params)
+                lambda p: loss(p, model), has_aux=True))(params)  # noqa: B023 (traced at once)
         except Exception as e:
             print(f"attention {implementation}: FAILED {type(e).__name__}: "
                   f"{str(e).splitlines()[0][:300]}", flush=True)

@@ -90,7 +90,8 @@ Compiled / A5: XLA's FLOP count of the compiled step (every op, loops counted pe
 DESIGN A5's matmul count; the excess is elementwise work (softmax, LayerNorm, GELU, dropout's
 random bits, AdamW), and recomputation where remat is on.
 
-| config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days | compiled / A5 | compile |
+| config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days \
+| compiled / A5 | compile |
 |---|---|---|---|---|---:|---:|---:|---:|---|
 """ + "\n".join(row_text(r) for r in rows) + "\n"
     write_section("plan", body)

@@ -167,7 +167,8 @@ def write(r: dict) -> None:
     from benchmarks_md import write_section
     mb = 1e6
     m = r["plan_memory"]
-    body = f"""## The plan against a real run on this CPU (`python experiments/plan_vs_rss.py --write`)
+    body = f"""## The plan against a real run on this CPU \
+(`python experiments/plan_vs_rss.py --write`)
 
 `roberta-jax plan --topology cpu` compiles the pretraining step for this host's own CPU devices;
 `pretrain` then runs the same config ({pathlib.Path(r['config']).name}, batch {r['batch']} x
@@ -189,7 +190,8 @@ devices. Taken on a shared, busy machine.
 | run: train state (live arrays) | {r['state_bytes'] / mb:,.0f} |
 | overhead (the difference) | {r['overhead_rss'] / mb:,.0f} |
 | run: peak RSS (measured) | {r['peak_rss'] / mb:,.0f} |
-| predicted peak RSS (overhead + plan) | {r['predicted_peak_rss'] / mb:,.0f} ({100 * r['peak_error']:+.1f}%) |
+| predicted peak RSS (overhead + plan) | {r['predicted_peak_rss'] / mb:,.0f} \
+({100 * r['peak_error']:+.1f}%) |
 | training memory (peak - overhead): plan vs measured | {100 * r['training_error']:+.1f}% |
 | the first run, compiling: peak RSS | {r['cold_peak_rss'] / mb:,.0f} |
 """

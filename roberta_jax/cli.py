@@ -300,7 +300,8 @@ examples:
                    "compiling each, and list what fits, fastest estimate first (fewest compiled "
                    "FLOPs, then fewest collective bytes)")
     p.add_argument("--max-compiles", type=int, default=12, metavar="N",
-                   help="--search: stop after N compiles (each takes seconds to minutes; default: 12)")
+                   help="--search: stop after N compiles (each takes seconds to minutes; "
+                        "default: 12)")
     p.add_argument("--mfu", type=float, default=0.4,
                    help="model FLOPs utilisation assumed for the step time (default 0.4)")
     p.add_argument("--json", action="store_true",

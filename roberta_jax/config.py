@@ -80,14 +80,16 @@ class RobertaConfig:
                 f"hidden_size {self.hidden_size} is not a multiple of num_attention_heads "
                 f"{self.num_attention_heads}")
         if self.hidden_act not in ACTIVATIONS:
-            raise UserError(f"hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
+            raise UserError(f"hidden_act {self.hidden_act!r} is not supported; "
+                            f"use one of {ACTIVATIONS}")
         if not self.labels:
             raise UserError("num_labels must be at least 1")
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise UserError(f"attention_implementation {self.attention_implementation!r}: use "
                             f"one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
         if self.max_position_embeddings < self.pad_token_id + 2:
-            raise UserError("max_position_embeddings must leave room for RoBERTa's offset positions")
+            raise UserError("max_position_embeddings must leave room for RoBERTa's offset "
+                            "positions")
 
     @property
     def num_labels(self) -> int:

@@ -205,7 +205,8 @@ def _finetune_classifier(work: pathlib.Path, train_docs, held_docs, epochs: int)
                                         "label": d.package}) + "\n")
     test_labels = [json.loads(line)["label"] for line in open(work / "classify_test.jsonl")]
     majority = collections.Counter(
-        json.loads(line)["label"] for line in open(work / "classify_train.jsonl")).most_common(1)[0][0]
+        json.loads(line)["label"] for line in open(work / "classify_train.jsonl")
+    ).most_common(1)[0][0]
     baseline = float(np.mean([label == majority for label in test_labels]))
     results_file = work / "classifier" / "results.json"
     summary = json.loads(results_file.read_text()) if results_file.is_file() else {}

@@ -17,7 +17,6 @@ import atexit
 import os
 import shutil
 import tempfile
-from typing import Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")   # read by epath at every call, orbax's too
 
@@ -38,7 +37,7 @@ def _forget_filesystems_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_filesystems_after_fork)
 
 Path = epath.Path
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 REMOTE_PREFIXES = ("gs://", "s3://", "az://", "hf://")
 
 

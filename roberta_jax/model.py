@@ -552,7 +552,8 @@ class RobertaLMHead(nn.Module):
     @nn.compact
     def __call__(self, hidden, attend):
         c = self.config
-        x = _dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype, "dense")(hidden)
+        x = _dense(c, c.hidden_size, ("embed", "mlp"), self.dtype, self.param_dtype,
+                   "dense")(hidden)
         x = ACTIVATION_FNS["gelu"](x)
         x = _layer_norm(c, self.dtype, self.param_dtype, "layer_norm")(x)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),

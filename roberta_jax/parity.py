@@ -56,7 +56,8 @@ def random_hf_model(task: str, seed: int = 0, num_labels: int = 3, **config):
 
 def padded_batch(vocab_size: int, batch: int = 3, length: int = 9, choices: int | None = None,
                  pad_id: int = 1, seed: int = 0):
-    """Random ids (never the pad id) starting with <s>, rows padded at the end to various lengths."""
+    """Random ids (never the pad id) starting with <s>, rows padded at the end to various
+    lengths."""
     rng = np.random.default_rng(seed)
     shape = (batch, length) if choices is None else (batch, choices, length)
     ids = rng.integers(3, vocab_size, size=shape)

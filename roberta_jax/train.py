@@ -174,8 +174,9 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
 
             def accumulate(carry, inputs):
                 index, micro = inputs
-                (l, c), g = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
-                return jax.tree.map(jnp.add, carry, (l, c, g)), None
+                (micro_loss, micro_correct), micro_grads = grad_fn(
+                    state.params, micro, jax.random.fold_in(step_key, index))
+                return jax.tree.map(jnp.add, carry, (micro_loss, micro_correct, micro_grads)), None
 
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
             (loss, correct, grads), _ = jax.lax.scan(

@@ -91,7 +91,8 @@ def torch_training_losses(model, batches, *, lr, warmup_steps, steps, b2, eps, w
 
 def batch_for(task, config_name="odd", seed=0):
     config = HF_CONFIGS[config_name]
-    return parity.padded_batch(config["vocab_size"], length=min(9, config["max_position_embeddings"] - 2),
+    return parity.padded_batch(config["vocab_size"],
+                               length=min(9, config["max_position_embeddings"] - 2),
                                choices=3 if task == "multiple-choice" else None, seed=seed)
 
 
@@ -107,8 +108,9 @@ def prepared_corpus(tmp_path_factory):
         demo_corpus.write_text(part, root / f"{name}.txt")
     train_tokenizer([str(root / "train.txt")], 1000, str(root / "tokenizer"))
     for name in ("train", "held_out"):
-        prepare([str(root / f"{name}.txt")], str(root / "tokenizer"), str(root / f"{name}_prepared"),
-                doc_format="paragraphs", workers=1, progress=False)
+        prepare([str(root / f"{name}.txt")], str(root / "tokenizer"),
+                str(root / f"{name}_prepared"), doc_format="paragraphs", workers=1,
+                progress=False)
     return root / "train_prepared", root / "held_out_prepared", root / "tokenizer"
 
 

@@ -87,9 +87,9 @@ def running(bucket: str = "roberta-jax-test", timeout: float = 30.0):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/storage/v1/b/{bucket}",
                                        timeout=2).read()
                 break
-            except OSError:
+            except OSError as e:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the GCS emulator did not start on port {port}")
+                    raise RuntimeError(f"the GCS emulator did not start on port {port}") from e
                 time.sleep(0.2)
         os.environ.update(environment(port))
         yield f"gs://{bucket}"

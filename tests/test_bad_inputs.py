@@ -40,8 +40,8 @@ def world(prepared_corpus, tmp_path_factory):
     (w / "three_labels.jsonl").write_text("".join(
         json.dumps({"text": f"t {i}", "label": "abc"[i % 3]}) + "\n" for i in range(9)))
     (w / "not_squad.json").write_text(json.dumps({"version": "1.1", "articles": []}))
-    (w / "train.jsonl").write_text("".join(json.dumps({"text": f"t {i}", "label": "x" if i % 2 else "y"})
-                                           + "\n" for i in range(8)))
+    (w / "train.jsonl").write_text("".join(
+        json.dumps({"text": f"t {i}", "label": "x" if i % 2 else "y"}) + "\n" for i in range(8)))
     (w / "nolabel.jsonl").write_text(json.dumps({"text": "t"}) + "\n")
     truncated = w / "truncated"
     truncated.mkdir()
@@ -57,7 +57,8 @@ def world(prepared_corpus, tmp_path_factory):
     train_tokenizer([str(ROOT / "README.md")], 300, str(w / "tok2"))
     # a workdir started with another architecture
     (w / "old_run").mkdir()
-    cfg = json.loads(__import__("roberta_jax.train_config", fromlist=["x"]).default_config().to_json())
+    cfg = json.loads(
+        __import__("roberta_jax.train_config", fromlist=["x"]).default_config().to_json())
     cfg["model"]["hidden_size"] = 999
     cfg["data"]["path"] = str(train_dir)
     (w / "old_run" / "config.json").write_text(json.dumps(cfg))
@@ -72,7 +73,8 @@ def pretrain(w, train_dir, *extra):
 CASES = {
     # convert
     "convert: missing path": lambda w, d, t: (["convert", f"{w}/nope", f"{w}/o"], "nope: no such"),
-    "convert: BERT directory": lambda w, d, t: (["convert", f"{w}/bert", f"{w}/o"], "not a RoBERTa"),
+    "convert: BERT directory": lambda w, d, t: (["convert", f"{w}/bert", f"{w}/o"],
+                                                "not a RoBERTa"),
     "convert: truncated safetensors": lambda w, d, t: (["convert", f"{w}/truncated", f"{w}/o"],
                                                        "truncated or corrupt"),
     "convert: pickle that runs code": lambda w, d, t: (["convert", f"{w}/evil", f"{w}/o"],
@@ -87,7 +89,8 @@ CASES = {
         ["train-tokenizer", "--input", f"{w}/nope.txt", "--vocab-size", "50", "--output", f"{w}/o"],
         "nope.txt: no such file"),
     "train-tokenizer: empty corpus": lambda w, d, t: (
-        ["train-tokenizer", "--input", f"{w}/empty.txt", "--vocab-size", "50", "--output", f"{w}/o"],
+        ["train-tokenizer", "--input", f"{w}/empty.txt", "--vocab-size", "50",
+         "--output", f"{w}/o"],
         "empty corpus"),
     "train-tokenizer: not UTF-8": lambda w, d, t: (
         ["train-tokenizer", "--input", f"{w}/latin1.txt", "--vocab-size", "50", "--output",
@@ -130,7 +133,8 @@ CASES = {
     "pretrain: missing config": lambda w, d, t: (
         ["pretrain", "--config", f"{w}/nope.py", "--workdir", f"{w}/run"], "no such config"),
     "pretrain: config with a syntax error": lambda w, d, t: (
-        ["pretrain", "--config", f"{w}/bad_config.py", "--workdir", f"{w}/run"], "not valid Python"),
+        ["pretrain", "--config", f"{w}/bad_config.py", "--workdir", f"{w}/run"],
+        "not valid Python"),
     "pretrain: unknown config key": lambda w, d, t: (pretrain(w, d, "--config.train.stepz=3"),
                                                      "unknown config key train.stepz"),
     "pretrain: wrong value type": lambda w, d, t: (pretrain(w, d, "--config.train.steps=many"),
@@ -218,7 +222,8 @@ def test_bad_input_one_line_nonzero_exit_nothing_left(world, capsys, case):
     if left_behind:
         __import__("shutil").rmtree(w / "o")
     assert not left_behind, "a failed command left an output behind"
-    assert sorted(p.name for p in w.iterdir() if p.name != "run") == [b for b in before if b != "run"]
+    assert (sorted(p.name for p in w.iterdir() if p.name != "run")
+            == [b for b in before if b != "run"])
 
 
 # Arguments that name a user's file or directory.

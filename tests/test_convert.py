@@ -112,7 +112,8 @@ def _module(root, dotted):
     return root
 
 
-def fairseq_state(hf_mlm, old_style=False, classifier=None, head_name="sentence_classification_head"):
+def fairseq_state(hf_mlm, old_style=False, classifier=None,
+                  head_name="sentence_classification_head"):
     """The state dict fairseq's RobertaModel would save for the weights of `hf_mlm` (a
     transformers RobertaForMaskedLM), plus `classifier`'s head (a RobertaClassificationHead)."""
     top = "decoder." if old_style else "encoder."
@@ -155,7 +156,8 @@ def fairseq_state(hf_mlm, old_style=False, classifier=None, head_name="sentence_
 
 def test_the_fairseq_fixture_uses_every_transformers_tensor_once():
     """The table above is complete: every weight of the transformers model lands in exactly one
-    fairseq entry (token types excepted: fairseq has none; the decoder is tied to embedding and bias)."""
+    fairseq entry (token types excepted: fairseq has none; the decoder is tied to embedding and
+    bias)."""
     hf_model = make_hf_model("masked-lm")
     state = fairseq_state(hf_model)
     wanted = {name: value for name, value in hf_model.state_dict().items()

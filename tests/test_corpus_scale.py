@@ -124,8 +124,9 @@ def test_opening_a_prepared_corpus_reads_no_shard_and_a_batch_only_its_rows(corp
                         or real_array(path, *a))
     read_rows = []
     real_read = prepared_format.Shards.read
-    monkeypatch.setattr(prepared_format.Shards, "read",
-                        lambda self, s, a, b: read_rows.append((s, a, b)) or real_read(self, s, a, b))
+    monkeypatch.setattr(
+        prepared_format.Shards, "read",
+        lambda self, s, a, b: read_rows.append((s, a, b)) or real_read(self, s, a, b))
     batches = PretrainingBatches(root / "prepared", batch_size=8, seq_len=64, seed=0,
                                  process_index=1, process_count=2, segment_ids=True)
     assert len(batches.corpus.shards.names) > 4

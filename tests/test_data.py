@@ -218,7 +218,8 @@ def test_masks_differ_between_epochs(prepared):
     e0 = batches.batch(0)
     later = [batches.batch(s) for s in range(n // 8, n // 8 + n // 8 + 2)]
     block = e0["block"][0]
-    again = [(b, r) for b in later for r in range(8) if b["block"][r] == block and b["epoch"][r] == 1]
+    again = [(b, r) for b in later for r in range(8)
+             if b["block"][r] == block and b["epoch"][r] == 1]
     assert again, "block not found in epoch 1"
     b, r = again[0]
     original = np.where(e0["labels"][0] != IGNORED_LABEL, e0["labels"][0], e0["input_ids"][0])

@@ -56,7 +56,8 @@ def test_demo_runs_end_to_end_small_and_resumes(tmp_path, capsys, monkeypatch):
     # on the held-out docstrings; its labels are the run's predictions.tsv, and their accuracy
     # is the report's. The dev set (which picked the epoch) shares no docstring with them.
     dev = set((tmp_path / "classify_dev.jsonl").read_text().splitlines())
-    test = [json.loads(line) for line in (tmp_path / "classify_test.jsonl").read_text().splitlines()]
+    test = [json.loads(line)
+            for line in (tmp_path / "classify_test.jsonl").read_text().splitlines()]
     assert dev and test and not dev & {json.dumps(r) for r in test}
     predicted = _transformers_predictions(tmp_path / "classifier" / "seed1" / "best",
                                           [r["text"] for r in test])

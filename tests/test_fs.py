@@ -59,7 +59,8 @@ def test_trees_are_listed_copied_and_moved_between_local_and_remote(root, tmp_pa
     assert (tmp_path / "copy" / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     fs.move(source, fs.as_path(root) / "aside" / "tree-1")   # parent created, source gone
     assert not source.exists()
-    assert fs.files_under(fs.as_path(root) / "aside" / "tree-1") == fs.files_under(tmp_path / "copy")
+    assert (fs.files_under(fs.as_path(root) / "aside" / "tree-1")
+            == fs.files_under(tmp_path / "copy"))
     local = fs.local_copy(fs.as_path(root) / "aside" / "tree-1")
     assert open(os.path.join(local, "a.txt")).read() == "a"
     assert (local == fs.as_str(fs.as_path(root) / "aside" / "tree-1")) != fs.is_remote(root)

@@ -61,7 +61,8 @@ def test_a_packed_row_computes_what_each_example_computes_alone(tmp_path, task, 
         inputs["segment_starts"] = rows["segment_starts"]
     packed = model.apply({"params": params}, rows["input_ids"], **inputs)
     if task == "multiple-choice":  # each sequence is a choice of its own: [n, 1, length]
-        alone = model.apply({"params": params}, alone_ids[:, None], attention_mask=alone_mask[:, None])
+        alone = model.apply({"params": params}, alone_ids[:, None],
+                            attention_mask=alone_mask[:, None])
         with torch.no_grad():
             hf = parity.random_hf_model(task)(input_ids=torch.tensor(alone_ids[:, None]).long(),
                                               attention_mask=torch.tensor(alone_mask[:, None]))
@@ -145,8 +146,8 @@ def test_row_counts_are_the_cheapest_choice_of_at_most_three():
         multiple = int(rng.choice([1, 2, 4]))
         chosen = pack.choose_row_counts(needed, multiple)
 
-        def cost(counts):
-            return sum(pack.fit_rows(n, counts, multiple) for n in needed)
+        def cost(counts):  # used only within this iteration
+            return sum(pack.fit_rows(n, counts, multiple) for n in needed)  # noqa: B023
         values = sorted({-(-n // multiple) * multiple for n in needed})
         best = min(cost(c + (values[-1],)) for k in range(3)
                    for c in itertools.combinations(values[:-1], k))

@@ -118,7 +118,8 @@ def test_preemption_stops_every_process_at_one_step_and_runs_resume_on_any_proce
     got, want = losses(workdir), reference(later + 2)
     assert len(got) == later + 2
     np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    print(f"1 -> 2 -> 1 processes: max |loss difference| {np.max(np.abs(np.subtract(got, want))):.1e}")
+    print("1 -> 2 -> 1 processes: max |loss difference| "
+          f"{np.max(np.abs(np.subtract(got, want))):.1e}")
 
 
 def test_processes_that_disagree_on_the_config_all_stop_at_start_up_with_one_line(

@@ -6,7 +6,7 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402
 
 import roberta_jax as rj  # noqa: E402
 from roberta_jax.data.masking import MaskingSpec, mask_batch  # noqa: E402

@@ -12,11 +12,13 @@ README = pathlib.Path(__file__).parent.parent / "README.md"
 
 def test_readme_example_runs_offline(tmp_path, capsys):
     import argparse
-    text = "\n".join(" ".join(str(getattr(o, "__doc__", "")).split()) for o in vars(argparse).values())
+    text = "\n".join(" ".join(str(getattr(o, "__doc__", "")).split())
+                     for o in vars(argparse).values())
     (tmp_path / "corpus.txt").write_text(text)
     model_dir = tmp_path / "roberta-base"
     tokenizer = train_tokenizer([str(tmp_path / "corpus.txt")], 400, str(model_dir), kind="bpe")
-    make_hf_model("base", vocab_size=tokenizer.vocab_size, hidden_size=24).save_pretrained(model_dir)
+    make_hf_model("base", vocab_size=tokenizer.vocab_size,
+                  hidden_size=24).save_pretrained(model_dir)
 
     block = re.search(r"```python\n(import roberta_jax as rj\n.*?)```", README.read_text(), re.S)
     code = block.group(1).replace("path/to/roberta-base", str(model_dir))

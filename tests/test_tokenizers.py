@@ -1,6 +1,11 @@
 """Our tokenizers give the ids transformers' RobertaTokenizerFast and XLMRobertaTokenizer give on
 the same vocabulary files, with RoBERTa's special tokens and single/pair formatting."""
 
+import argparse
+import collections
+import json as _json
+import logging
+import pathlib as _pathlib
 import shutil
 
 import pytest
@@ -11,12 +16,6 @@ from roberta_jax.data.train_tokenizer import train_tokenizer
 transformers = pytest.importorskip("transformers")
 
 # Real prose (standard-library documentation) plus hand-picked hard cases.
-import argparse  # noqa: E402
-import collections
-import json as _json
-import logging
-import pathlib as _pathlib
-
 DOCS = [line for module in (argparse, collections, _json, logging, _pathlib)
         for obj in vars(module).values() if isinstance(getattr(obj, "__doc__", None), str)
         for line in obj.__doc__.splitlines() if line.strip()]

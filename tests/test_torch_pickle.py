@@ -41,8 +41,9 @@ def assert_same(array, tensor):
     assert isinstance(array, np.ndarray)
     assert array.dtype == expected.dtype
     assert array.shape == expected.shape
-    np.testing.assert_array_equal(array.view(np.uint8) if array.dtype == np.bool_ else array,
-                                  expected.view(np.uint8) if expected.dtype == np.bool_ else expected)
+    np.testing.assert_array_equal(
+        array.view(np.uint8) if array.dtype == np.bool_ else array,
+        expected.view(np.uint8) if expected.dtype == np.bool_ else expected)
 
 
 class Evil:
@@ -127,7 +128,8 @@ def test_fairseq_style_checkpoint_exposes_args_and_extra_state(tmp_path, fmt):
     assert loaded["extra_state"] == ckpt["extra_state"]
     assert loaded["optimizer_history"] == ckpt["optimizer_history"]
     misc = loaded["misc"]
-    assert misc["set"] == {1, 2} and misc["frozen"] == frozenset({"a"}) and misc["tuple"] == (1, "x")
+    assert (misc["set"] == {1, 2} and misc["frozen"] == frozenset({"a"})
+            and misc["tuple"] == (1, "x"))
     assert misc["bytes"] == b"\x00" and misc["complex"] == 1 + 2j
     assert misc["np_scalar"] == np.float32(1.5) and misc["np_scalar"].dtype == np.float32
     assert misc["np_int"] == 7 and misc["size"] == (2, 3) and misc["dtype"] == "torch.float16"

@@ -168,7 +168,8 @@ def _config_from(state, hparams, labels, source) -> RobertaConfig:
     activation = hparams.get("activation_fn", "gelu")
     if activation not in ("gelu", "relu"):
         raise UserError(f"{source}: activation_fn {activation!r} is not supported")
-    is_spm = hparams.get("bpe") == "sentencepiece" or (source.parent / "sentencepiece.bpe.model").is_file()
+    is_spm = (hparams.get("bpe") == "sentencepiece"
+              or (source.parent / "sentencepiece.bpe.model").is_file())
     fields = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, intermediate_size=ffn, hidden_act=activation,
                   max_position_embeddings=positions,

@@ -45,7 +45,8 @@ def read_hf_dir(path: str | os.PathLike) -> tuple[RobertaConfig, dict[str, np.nd
     if not config_file.is_file():
         raise UserError(f"{path}: no {CONFIG_FILE}; expected a Hugging Face model directory")
     config = RobertaConfig.from_json_file(config_file)
-    architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or [None]
+    architectures = (json.loads(config_file.read_text(encoding="utf-8")).get("architectures")
+                     or [None])
     return config, read_hf_weights(path), architectures[0]
 
 
@@ -60,8 +61,8 @@ def read_hf_weights(path: fs.PathLike) -> dict[str, np.ndarray]:
     if (path / TORCH_INDEX).is_file():
         return _read_sharded(path / TORCH_INDEX,
                              lambda f: _tensors_only(load_torch_checkpoint(f), f))
-    raise UserError(f"{path}: no weights found (looked for {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
-                    f"{TORCH_FILE}, {TORCH_INDEX})")
+    raise UserError(f"{path}: no weights found (looked for {SAFETENSORS_FILE}, "
+                    f"{SAFETENSORS_INDEX}, {TORCH_FILE}, {TORCH_INDEX})")
 
 
 def _read_safetensors(file) -> dict[str, np.ndarray]:

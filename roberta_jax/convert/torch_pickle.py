@@ -77,7 +77,8 @@ class _Sealed:
 
 
 class _Call(_Sealed):
-    """An allow-listed function; the wrapper stops a pickle from patching e.g. its `__defaults__`."""
+    """An allow-listed function; the wrapper stops a pickle from patching e.g. its
+    `__defaults__`."""
 
     __slots__ = ("_fn",)
 
@@ -98,7 +99,8 @@ class _StorageType(_Sealed):
 
 
 class _Storage(_Sealed):
-    """One torch storage: its dtype and raw bytes (legacy files fill `buf` after tensors view it)."""
+    """One torch storage: its dtype and raw bytes (legacy files fill `buf` after tensors view
+    it)."""
 
     __slots__ = ("dtype", "buf")
 
@@ -189,7 +191,8 @@ def _as_array(storage, dtype, offset, size, stride):
         raise _BadFile(f"storage data is shorter than a tensor needs ({count} elements, need "
                        f"{end}); the file is truncated or corrupt")
     flat = np.frombuffer(storage.buf, dtype=dtype, count=count)
-    return np.lib.stride_tricks.as_strided(flat[offset:], size, [s * dtype.itemsize for s in stride])
+    return np.lib.stride_tricks.as_strided(flat[offset:], size,
+                                           [s * dtype.itemsize for s in stride])
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None):
@@ -230,7 +233,8 @@ def _np_dtype(spec, align=False, copy=True):
 
 def _np_scalar(dtype, data):
     # Rebuild from the canonical dtype of the same name, so a tampered dtype cannot mislead numpy.
-    canonical = np.dtype(dtype.name) if isinstance(dtype, np.dtype) and dtype.kind in "biufc" else None
+    canonical = (np.dtype(dtype.name) if isinstance(dtype, np.dtype) and dtype.kind in "biufc"
+                 else None)
     if canonical is None or not isinstance(data, bytes) or len(data) != canonical.itemsize:
         raise _BadFile("the pickle holds a malformed numpy scalar")
     order = dtype.byteorder if dtype.byteorder in "<>" else "="
@@ -278,8 +282,8 @@ class _Unpickler(pickle.Unpickler):
         if qual in _OMEGACONF.get(mod, ()):
             return _stand_in(f"{mod}.{qual}")
         what = ascii(f"{module}.{name}")[1:-1][:200]  # as the file spells it, on one line
-        raise UnsafeFileError(f"{self._name}: refusing to load: the pickle calls {what}, which could "
-                              "run code; only tensors and plain data are accepted")
+        raise UnsafeFileError(f"{self._name}: refusing to load: the pickle calls {what}, which "
+                              "could run code; only tensors and plain data are accepted")
 
     def persistent_load(self, pid):
         if self._load_storage is None or not (isinstance(pid, tuple) and pid[:1] == ("storage",)):
@@ -298,10 +302,11 @@ def _unpickle(file, name, load_storage=None):
         raise
     except _BadFile as e:
         raise UserError(f"{name}: {e}") from None
-    except Exception as e:  # a malformed stream makes pickle or an allowed constructor raise anything
+    except Exception as e:
+        # a malformed stream makes pickle or an allowed constructor raise anything
         detail = " ".join(str(e).split())[:200]
-        raise UserError(f"{name}: truncated or corrupt pickle data ({type(e).__name__}: {detail})") \
-            from None
+        raise UserError(f"{name}: truncated or corrupt pickle data "
+                        f"({type(e).__name__}: {detail})") from None
 
 
 # What zipfile raises for damaged archives (unsupported features and encryption included).
@@ -327,7 +332,8 @@ def _load_zip(f, name):
         raise UserError(f"{name}: zip archive without data.pkl; not a torch.save checkpoint")
     prefix = pkls[0][: -len("data.pkl")]
     if prefix + "constants.pkl" in names:
-        raise UserError(f"{name}: a TorchScript archive (torch.jit.save), not a torch.save checkpoint")
+        raise UserError(f"{name}: a TorchScript archive (torch.jit.save), not a torch.save "
+                        "checkpoint")
     order = "little"  # torch's default for archives written before it recorded the byte order
     if prefix + "byteorder" in names:
         order = read(prefix + "byteorder").decode("ascii", "replace")

@@ -351,7 +351,8 @@ def _write_manifest(out, units, plan, tokenizer) -> dict:
         if bad:
             raise UserError(not_utf8_message(
                 bad[0]["source"], f"{sum(r['undecodable_lines'] for r in bad)} of "
-                f"{sum(r['lines'] for r in records)} lines, e.g. {bad[0]['undecodable_examples'][0]}"))
+                f"{sum(r['lines'] for r in records)} lines, "
+                f"e.g. {bad[0]['undecodable_examples'][0]}"))
         raise UserError(f"empty corpus: no text in {', '.join(sources)}")
     shards = [s for r in records for s in r["shards"]]
     manifest = {"format": FORMAT_VERSION, "tokenizer": plan["tokenizer"],

@@ -105,7 +105,8 @@ class Tokenizer:
         return self.with_specials(ids_a, ids_b)
 
     def fingerprint(self) -> str:
-        """Identifies the vocabulary, so data prepared with one tokenizer is not used with another."""
+        """Identifies the vocabulary, so data prepared with one tokenizer is not used with
+        another."""
         import hashlib
         h = hashlib.sha256(self.kind.encode())
         for i in range(self.vocab_size):
@@ -138,11 +139,13 @@ def truncate(ids_a, ids_b, budget: int, strategy: str):
         return ids_a, ids_b
     if strategy == "only_first":
         if excess > len(ids_a):
-            raise UserError("only_first truncation cannot fit the pair: the second text is too long")
+            raise UserError("only_first truncation cannot fit the pair: the second text is "
+                            "too long")
         return ids_a[:len(ids_a) - excess], ids_b
     if strategy == "only_second":
         if excess > len(ids_b):
-            raise UserError("only_second truncation cannot fit the pair: the first text is too long")
+            raise UserError("only_second truncation cannot fit the pair: the first text is "
+                            "too long")
         return ids_a, ids_b[:len(ids_b) - excess]
     a, b = len(ids_a), len(ids_b)
     for _ in range(excess):
