@@ -1,4 +1,4 @@
-"""Input pipeline at corpus scale, every figure of issue #14 in one run:
+"""Input pipeline at corpus scale, every figure in one run:
 
     python experiments/bench_data.py                 # ~50 MB of text, 13M -> 1.2B tokens
     python experiments/bench_data.py --smoke         # tiny, for the tests; writes nothing
@@ -435,7 +435,7 @@ def report(args, r, vocab) -> list[str]:
               "(ROBERTA_JAX_RANGE_CONCURRENCY; default 32 for GCS itself): the figures "
               "measure the emulator's request rate more than ours.", ""]
     lines += extrapolate(r, small, big)
-    lines += ["", "Targets (#14): start-up <= 2 s and RSS growth <= 100 MB from 10M to 1B+ "
+    lines += ["", "Targets: start-up <= 2 s and RSS growth <= 100 MB from 10M to 1B+ "
               "tokens; batches >= 2M tokens/s per core; prepare >= 1.5M tokens/s per core; a "
               "tokenizer trained on 50 MB+ of one-document-per-line text uses all of it and "
               "reaches the asked size."]
@@ -457,8 +457,8 @@ def extrapolate(r, small, big) -> list[str]:
     spm = r["prepare"]["sentencepiece"]["per_core"]
     bpe = r["prepare"]["bpe"]["per_core"]
     per_core = r["batches"]["per_core_64"]
-    # roberta-base on a v5p host (4 chips, 459 TFLOP/s bf16 each, DESIGN A6) at 50% MFU and
-    # 602 MFLOP per token (DESIGN A5, gathered head): the tokens each host must be fed.
+    # roberta-base on a v5p host (4 chips, 459 TFLOP/s bf16 each) at 50% MFU and
+    # 602 MFLOP per token (flops.py, gathered head): the tokens each host must be fed.
     host_need = 4 * 0.5 * 459e12 / 602e6
     rows_per_s = host_need / SEQ_LEN
     index_gb = tokens / ((SEQ_LEN - 1) * 0.97) * 4 / 1e9

@@ -1,4 +1,4 @@
-"""Document attention in pretraining (#15): held-out MLM loss at equal steps with and without
+"""Document attention in pretraining: held-out MLM loss at equal steps with and without
 `--config.model.document_attention`, on the demo corpus. Writes the "document-attention"
 section of BENCHMARKS.md.
 

@@ -8,7 +8,7 @@ Flax RobertaForMaskedLM + optax AdamW: same shapes, batch, precision and threads
     python experiments/bench_train.py --hf-flax-python .venv-hf-flax/bin/python
 
 Each side runs in its own subprocess (so peak memory is its own). Printed per shape: median
-step time, tokens/s, ours/peer ratios, FLOP/s by DESIGN A5 for the work each side does (the
+step time, tokens/s, ours/peer ratios, FLOP/s by flops.py for the work each side does (the
 peers compute the LM head at every position, we at the masked slots only), % of a 2048^3 fp32
 matmul ceiling measured in the same run, compile / first-step time, and peak RSS.
 Hugging Face removed its Flax models in transformers v5, hence the separate interpreter.
@@ -536,7 +536,7 @@ def _write_same_work(rows, ceiling, threads):
              f"(sdpa). jax {jax.__version__}, torch {torch.__version__}, transformers "
              f"{transformers.__version__}; HF Flax: {flax_versions or 'not measured'}; Python "
              f"{platform.python_version()}. Matmul ceiling (2048^3 fp32, same run): "
-             f"{ceiling / 1e9:.1f} GFLOP/s; FLOP/s count DESIGN A5.", "",
+             f"{ceiling / 1e9:.1f} GFLOP/s; FLOP/s by flops.py's count.", "",
              "| shape (batch x seq) | work | side | s/step | vs HF torch | vs HF Flax | "
              "FLOP/s (% ceiling) | first step s | peak RSS MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -568,7 +568,7 @@ def _write(rows, ceiling, threads):
              f"{torch.__version__}, transformers {transformers.__version__}; HF Flax: "
              f"{flax_versions or 'not measured'}; Python {platform.python_version()}. "
              f"Matmul ceiling (2048^3 fp32, same run): {ceiling / 1e9:.1f} GFLOP/s. FLOP/s count "
-             "DESIGN A5 for the work each side does: Hugging Face computes the 50265-word head at "
+             "flops.py's count for the work each side does: Hugging Face computes the 50265-word head at "
              "every position, we at the masked slots (15% + 1 per row), with the vocabulary "
              "padded to 50304 internally. Memory: peak RSS of the side's process. Ratios are "
              "against the faster peer of the shape (in bold), memory against HF torch.", "",

@@ -1,6 +1,6 @@
 """roberta-base at 512 tokens, bf16 compute with fp32 master weights, on one GPU: the best
 attention implementation, remat policy, layer loop and batch found in a short sweep (stopped at a
-time budget so the whole script stays under 8 minutes), with tokens/s and MFU (DESIGN A5, against
+time budget so the whole script stays under 8 minutes), with tokens/s and MFU (flops.py, against
 the card's dense bf16 peak). Run through experiments/gpu_bench.sh; writes the "gpu" section of
 BENCHMARKS.md. `--smoke` runs a tiny shape on any device and writes nothing (the test suite
 uses it to keep this script working)."""
@@ -68,7 +68,7 @@ def sweep(shape: dict, peak: float) -> list[dict]:
 def report(results: list[dict], title: str, device_kind: str, peak_source: str) -> str:
     best = max(results, key=lambda r: r["tokens_s"])
     lines = [f"## {title}, bf16, one {device_kind} (`bash experiments/gpu_bench.sh`)", "",
-             f"MFU against {peak_source} (DESIGN A5, masked-slot LM head). Best: "
+             f"MFU against {peak_source} (flops.py, masked-slot LM head). Best: "
              f"attention `{best['attention']}`, remat `{best['remat']}`, {best['layers']} "
              f"layers, batch {best['batch']}: **{best['tokens_s']:,.0f} tokens/s, MFU "
              f"{100 * best['mfu']:.1f}%**.", "",

@@ -1,7 +1,7 @@
 """On a GPU: packed rows through each attention implementation (eager, XLA's
 jax.nn.dot_product_attention, cuDNN) give each example's own outputs and gradients in bf16,
 and the real packed fine-tuning step for roberta-base runs (examples/s, packed against padded).
-A check of the packing work (#15) on the device image, and a first look for #18.
+A check of packed rows on a GPU image: every attention implementation, cuDNN included.
 
     python experiments/gpu_packing_check.py          # about 3 minutes on an H200
 """

@@ -83,11 +83,11 @@ three slices: the train step `pretrain` runs, compiled ahead of time by libtpu o
 (no TPU), for mesh shapes, remat policies and gradient accumulation in order of expected speed;
 the fastest setting that fits is shown. GiB per chip: XLA's memory_analysis (arguments + outputs
 not donated + temporaries + program) of the usable HBM XLA reports. Days: 500k steps at
-{100 * mfu:.0f}% MFU of the chip's dense bf16 peak, FLOPs by DESIGN A5. Compile time: that
+{100 * mfu:.0f}% MFU of the chip's dense bf16 peak, FLOPs by flops.py. Compile time: that
 setting's compile, and the whole search's, on this machine ({platform.machine()},
 {os.cpu_count()} cores, jax {jax.__version__}); a shared, busy machine makes them slow and noisy.
 Compiled / A5: XLA's FLOP count of the compiled step (every op, loops counted per trip) over
-DESIGN A5's matmul count; the excess is elementwise work (softmax, LayerNorm, GELU, dropout's
+flops.py's matmul count; the excess is elementwise work (softmax, LayerNorm, GELU, dropout's
 random bits, AdamW), and recomputation where remat is on.
 
 | config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days \

@@ -271,7 +271,7 @@ grad_accum, dtype, scan) ahead of time for a TPU slice that libtpu describes (pi
   - parameters, optimizer state, temporaries (activations, gradients) and the total, from
     XLA's memory_analysis(), against the HBM XLA lets a program use: fits, and the headroom,
     or why not;
-  - FLOPs per step by DESIGN A5 and as compiled (XLA's count, scanned layers and gradient
+  - FLOPs per step by flops.py's count and as compiled (XLA's count, scanned layers and gradient
     accumulation counted once per trip);
   - tokens per step, step time, tokens/s and days for train.steps at --mfu of the chip's
     dense bf16 peak;

@@ -288,7 +288,7 @@ def classification_train_step(sequences: list[list[int]], labels, batch_size: in
     recipe: AdamW, 6% warmup then linear decay, weight decay 0.1, dropout on) from a fresh
     `preset` model (a PRESETS name or a RobertaConfig) computing in `dtype`, on already
     tokenized `sequences` (each `<s> ... </s>`)
-    with int `labels`, for benchmarks on accelerators (#18: experiments/gpu_bench.py).
+    with int `labels`, for benchmarks on accelerators (experiments/gpu_packing_check.py).
 
     -> (step, params, opt_state, batches): `step(params, opt_state, batch, key, step_number)`
     is the run's jitted step (parameters and optimizer state donated) returning (params,

@@ -1,10 +1,10 @@
-"""Counting work: training FLOPs per token (DESIGN A5) and the peak to divide by for MFU."""
+"""Counting work: training FLOPs per token and the peak to divide by for MFU."""
 
 from __future__ import annotations
 
 import time
 
-# Dense bf16 peak FLOP/s per chip, by jax device_kind (DESIGN A5).
+# Dense bf16 peak FLOP/s per chip, by jax device_kind.
 PEAK_FLOPS = {
     "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,

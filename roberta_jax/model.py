@@ -8,7 +8,7 @@ scanned), and the large activations are constrained by name (`batch`, `length`, 
 `mlp`, `vocab`); the pretraining config's `mesh.logical_rules` map these onto a mesh, and
 without rules and a mesh they do nothing. No I/O, no training policy, no global state here.
 
-Packed rows (DESIGN B6): every model also takes `segment_ids` [b, l] (0 = padding, 1, 2, ... =
+Packed rows: every model also takes `segment_ids` [b, l] (0 = padding, 1, 2, ... =
 the examples sharing the row, each contiguous) in place of `attention_mask`. Attention is then
 block-diagonal, positions restart at pad_token_id + 1 for each example, and the heads that read
 one vector per sequence read it at `segment_starts` [b, k] (each example's `<s>`), giving one

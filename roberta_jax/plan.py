@@ -35,7 +35,7 @@ from roberta_jax.optim import make_optimizer
 
 GiB = 1024 ** 3
 DEFAULT_MFU = 0.4
-ROBERTA_BPE_VOCAB = 50265   # DESIGN A2: what model.vocab_size=-1 means without prepared data
+ROBERTA_BPE_VOCAB = 50265   # roberta-base's BPE: what model.vocab_size=-1 means without prepared data
 REMAT_POLICIES = ("", "dots_with_no_batch_dims_saveable", "full")   # least recompute first
 
 
@@ -43,7 +43,7 @@ REMAT_POLICIES = ("", "dots_with_no_batch_dims_saveable", "full")   # least reco
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-    """DESIGN A6. Cloud TPU names count TensorCores (two per chip) for v4 and v5p."""
+    """Cloud TPU names count TensorCores (two per chip) for v4 and v5p."""
     generation: str          # as in Cloud TPU names: v4, v5p, v5e, v6e
     device_kind: str         # as jax names the device
     hbm_bytes: int
@@ -585,7 +585,7 @@ def format_report(r: dict) -> str:
                else f"DOES NOT FIT: {r['reason']}")
     lines.append(f"  {verdict}")
     f = r["flops"]
-    flops_line = (f"  FLOPs per step: {_flop(f['model_per_step'])} by DESIGN A5 "
+    flops_line = (f"  FLOPs per step: {_flop(f['model_per_step'])} by flops.py "
                   f"({_flop(f['model_per_token'])} per token)")
     if "compiled_per_step" in f:
         flops_line += (f"; compiled {_flop(f['compiled_per_step'])} "

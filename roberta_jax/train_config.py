@@ -117,7 +117,9 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Fields that decide the shapes in a checkpoint: a workdir refuses a config that changes them.
+# Fields that define a run: the checkpoint's shapes, the data stream (path, seed, packing,
+# masking) and the attention; a workdir refuses a config that changes any (a resume would mix
+# two experiments).
 STATE_DEFINING = ("model.vocab_size", "model.vocab_multiple", "model.hidden_size",
                   "model.num_hidden_layers", "model.num_attention_heads",
                   "model.intermediate_size", "model.max_position_embeddings",

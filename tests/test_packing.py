@@ -1,4 +1,4 @@
-"""Packed rows (DESIGN B6): several examples sharing a row, kept apart by segment ids, compute
+"""Packed rows: several examples sharing a row, kept apart by segment ids, compute
 exactly what each computes alone, for every head and attention implementation; fine-tuning on
 packed batches follows the padded trajectory, and evaluation gives the same metrics."""
 

@@ -1,4 +1,4 @@
-"""A new user's path, through `roberta-jax` as users call it (issue #16): complete help, shipped
+"""A new user's path, through `roberta-jax` as users call it: complete help, shipped
 configs by name, fine-tuning workdirs that keep their settings, local-file defaults that learn on
 small models, test scores on screen, exports with their tokenizer, and output that stays
 readable (progress bars, messages, ETAs)."""

@@ -1,4 +1,4 @@
-"""Fine-tuning inputs without padding waste (DESIGN B6): several sequences share a row.
+"""Fine-tuning inputs without padding waste: several sequences share a row.
 
 Short inputs padded to a common length are mostly padding (SST-2's sentences average about 13
 tokens). Here each row holds as many whole sequences as fit, one after another, and

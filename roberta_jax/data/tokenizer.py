@@ -1,7 +1,7 @@
 """Tokenizers behind one interface: GPT-2 byte-level BPE (roberta-base's vocab.json + merges.txt
 or a tokenizer.json) and sentencepiece with fairseq's id offset (XLM-R, CamemBERT).
 
-Special tokens and formatting are RoBERTa's (DESIGN A2): `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3,
+Special tokens and formatting are RoBERTa's: `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3,
 `<mask>` last; single `<s> A </s>`, pair `<s> A </s></s> B </s>`. The ids come from the files,
 and are checked against that layout where the files say otherwise.
 """
