@@ -568,10 +568,11 @@ def _write(rows, ceiling, threads):
              f"{torch.__version__}, transformers {transformers.__version__}; HF Flax: "
              f"{flax_versions or 'not measured'}; Python {platform.python_version()}. "
              f"Matmul ceiling (2048^3 fp32, same run): {ceiling / 1e9:.1f} GFLOP/s. FLOP/s count "
-             "flops.py's count for the work each side does: Hugging Face computes the 50265-word head at "
-             "every position, we at the masked slots (15% + 1 per row), with the vocabulary "
-             "padded to 50304 internally. Memory: peak RSS of the side's process. Ratios are "
-             "against the faster peer of the shape (in bold), memory against HF torch.", "",
+             "flops.py's formula for the work each side does: Hugging Face computes the "
+             "50265-word head at every position, we at the masked slots (15% + 1 per row), "
+             "with the vocabulary padded to 50304 internally. Memory: peak RSS of the side's "
+             "process. Ratios are against the faster peer of the shape (in bold), memory "
+             "against HF torch.", "",
              "Our variants, each in its own process: `scan` (the default config: layers under "
              "`nn.scan`, one compiled layer), `unrolled` (`--config.model.scan_layers=false`), "
              "`scan+remat` (`--config.model.remat_policy=checkpoint_dots`: matmul outputs kept, "

@@ -35,7 +35,8 @@ from roberta_jax.optim import make_optimizer
 
 GiB = 1024 ** 3
 DEFAULT_MFU = 0.4
-ROBERTA_BPE_VOCAB = 50265   # roberta-base's BPE: what model.vocab_size=-1 means without prepared data
+# roberta-base's BPE: what model.vocab_size=-1 means without prepared data
+ROBERTA_BPE_VOCAB = 50265
 REMAT_POLICIES = ("", "dots_with_no_batch_dims_saveable", "full")   # least recompute first
 
 
