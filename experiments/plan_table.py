@@ -86,12 +86,12 @@ not donated + temporaries + program) of the usable HBM XLA reports. Days: 500k s
 {100 * mfu:.0f}% MFU of the chip's dense bf16 peak, FLOPs by flops.py. Compile time: that
 setting's compile, and the whole search's, on this machine ({platform.machine()},
 {os.cpu_count()} cores, jax {jax.__version__}); a shared, busy machine makes them slow and noisy.
-Compiled / A5: XLA's FLOP count of the compiled step (every op, loops counted per trip) over
+Compiled / flops.py: XLA's FLOP count of the compiled step (every op, loops counted per trip) over
 flops.py's matmul count; the excess is elementwise work (softmax, LayerNorm, GELU, dropout's
 random bits, AdamW), and recomputation where remat is on.
 
 | config | slice | fits | mesh data / fsdp / tensor | remat | grad_accum | GiB per chip | days \
-| compiled / A5 | compile |
+| compiled / flops.py | compile |
 |---|---|---|---|---|---:|---:|---:|---:|---|
 """ + "\n".join(row_text(r) for r in rows) + "\n"
     write_section("plan", body)
