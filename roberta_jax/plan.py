@@ -609,7 +609,7 @@ def format_report(r: dict) -> str:
 
 def format_search(results: list[dict]) -> str:
     header = (f"{'fits':5} {'data':>5} {'fsdp':>5} {'tensor':>6} {'remat':32} {'accum':>5} "
-              f"{'GiB/chip':>9} {'compiled/A5':>11} {'collective GiB':>14} {'s/step':>8} "
+              f"{'GiB/chip':>9} {'XLA/model':>11} {'collective GiB':>14} {'s/step':>8} "
               f"{'days':>7}")
     lines = [header]
     for r in results:
