@@ -114,6 +114,22 @@ def prepared_corpus(tmp_path_factory):
     return root / "train_prepared", root / "held_out_prepared", root / "tokenizer"
 
 
+def save_small_model(prepared_corpus, directory, max_position_embeddings=130):
+    """A random (not pretrained) small masked LM with the test corpus's tokenizer, saved as a
+    Hugging Face directory."""
+    import roberta_jax as rj
+    tokenizer = rj.load_tokenizer(prepared_corpus[2])
+    make_hf_model("masked-lm", vocab_size=tokenizer.vocab_size,
+                  max_position_embeddings=max_position_embeddings).save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def small_model(prepared_corpus, tmp_path_factory):
+    return save_small_model(prepared_corpus, tmp_path_factory.mktemp("model") / "m")
+
+
 def tfds_records(records):
     """A tfds.testing.mock_data hook: the data set's real features, carrying `records` (random
     mock data would not keep words and tags, or questions and options, in step)."""

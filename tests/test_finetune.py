@@ -31,18 +31,6 @@ def test_metrics_match_scikit_learn_and_scipy():
     assert metrics.spearman(x, z) == pytest.approx(stats.spearmanr(x, z)[0])
 
 
-@pytest.fixture(scope="module")
-def small_model(prepared_corpus, tmp_path_factory):
-    from conftest import make_hf_model
-
-    import roberta_jax as rj
-    tokenizer = rj.load_tokenizer(prepared_corpus[2])
-    path = tmp_path_factory.mktemp("model") / "m"
-    make_hf_model("masked-lm", vocab_size=tokenizer.vocab_size, max_position_embeddings=130) \
-        .save_pretrained(path)
-    tokenizer.save(path)
-    return path
-
 
 @pytest.mark.parametrize("task", ["sst2", "stsb", "mnli"])
 def test_glue_task_runs_end_to_end_on_tfds_mock_data(small_model, tmp_path, task):

@@ -17,15 +17,9 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 @pytest.fixture(scope="module")
 def small_model(prepared_corpus, tmp_path_factory):
-    from conftest import make_hf_model
-
-    import roberta_jax as rj
-    tokenizer = rj.load_tokenizer(prepared_corpus[2])
-    path = tmp_path_factory.mktemp("model") / "m"
-    make_hf_model("masked-lm", vocab_size=tokenizer.vocab_size, max_position_embeddings=34) \
-        .save_pretrained(path)
-    tokenizer.save(path)
-    return path
+    from conftest import save_small_model
+    return save_small_model(prepared_corpus, tmp_path_factory.mktemp("model") / "m",
+                            max_position_embeddings=34)
 
 
 def _saved_state(seed_dir):

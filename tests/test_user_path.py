@@ -180,19 +180,6 @@ def test_pip_install_then_the_demo_runs_from_another_directory(tmp_path):
 
 # =============================================================================== fine-tuning
 
-@pytest.fixture(scope="module")
-def small_model(prepared_corpus, tmp_path_factory):
-    """A random (not pretrained) width-24 masked LM with the test corpus's tokenizer."""
-    from conftest import make_hf_model
-
-    import roberta_jax as rj
-    tokenizer = rj.load_tokenizer(prepared_corpus[2])
-    path = tmp_path_factory.mktemp("model") / "m"
-    make_hf_model("masked-lm", vocab_size=tokenizer.vocab_size, max_position_embeddings=130) \
-        .save_pretrained(path)
-    tokenizer.save(path)
-    return path
-
 
 FILLER = "return the value of a new list file object string name from module data".split()
 
