@@ -178,11 +178,27 @@ def test_masking_rates_and_80_10_10_split_within_tolerance():
     # Unchosen positions are untouched; specials and padding are never chosen.
     np.testing.assert_array_equal(out["input_ids"][~chosen], ids[~chosen])
     assert not chosen[~maskable].any()
-    # The gather view agrees with the dense labels.
+    # The gather view agrees with the dense labels: chosen positions in order, then zeros.
     for row in range(rows):
         k = int(out["masked_weights"][row].sum())
-        np.testing.assert_array_equal(np.sort(out["masked_positions"][row, :k]),
-                                      np.flatnonzero(chosen[row]))
+        np.testing.assert_array_equal(out["masked_positions"][row, :k], np.flatnonzero(chosen[row]))
+        np.testing.assert_array_equal(out["masked_labels"][row, :k], ids[row][chosen[row]])
+        assert not out["masked_positions"][row, k:].any()
+        assert not out["masked_weights"][row, k:].any()
+
+
+def test_token_choice_takes_the_smallest_scores_and_breaks_ties_by_position():
+    from roberta_jax.data.masking import _choose_tokens
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(300, 40)).astype(np.float64)  # many equal scores
+    maskable = rng.random((300, 40)) < 0.8
+    count = rng.integers(0, 12, size=300)
+    count = np.minimum(count, maskable.sum(1))
+    chosen = _choose_tokens(maskable, count, scores)
+    for row in range(300):
+        candidates = np.flatnonzero(maskable[row])
+        expected = candidates[np.argsort(scores[row, candidates], kind="stable")[:count[row]]]
+        np.testing.assert_array_equal(np.flatnonzero(chosen[row]), np.sort(expected))
 
 
 def test_pipeline_never_masks_specials_or_padding(prepared):

@@ -85,7 +85,7 @@ def mask_batch(ids: np.ndarray, examples: np.ndarray, seed: int, spec: MaskingSp
     batch, length = ids.shape
     examples = examples.astype(np.uint64)[:, None]
     positions = np.arange(length, dtype=np.uint64)[None, :]
-    maskable = ~np.isin(ids, np.asarray(spec.special_ids))
+    maskable = ~np.isin(ids, np.asarray(spec.special_ids), kind="table")
     slots = spec.max_masked(length)
     count = np.floor(spec.mask_prob * maskable.sum(1)
                      + hash_uniform(seed, examples[:, 0], 0, _COUNT)).astype(np.int64)
@@ -109,22 +109,35 @@ def mask_batch(ids: np.ndarray, examples: np.ndarray, seed: int, spec: MaskingSp
     labels = np.where(chosen, ids, IGNORED_LABEL)
 
     # Gather view: chosen positions first (in order), padded with position 0 and weight 0.
-    order = np.argsort(~chosen, axis=1, kind="stable")[:, :slots]
-    weights = np.take_along_axis(chosen, order, 1)
+    row, position = np.nonzero(chosen)                  # row-major: in order within each row
+    slot = (np.cumsum(chosen, axis=1) - 1)[row, position]
+    masked_positions = np.zeros((batch, slots), np.int32)
+    masked_labels = np.zeros((batch, slots), np.int32)
+    masked_weights = np.zeros((batch, slots), np.float32)
+    masked_positions[row, slot] = position
+    masked_labels[row, slot] = ids[row, position]
+    masked_weights[row, slot] = 1.0
     return {
         "input_ids": inputs.astype(np.int32),
         "labels": labels.astype(np.int32),
-        "masked_positions": np.where(weights, order, 0).astype(np.int32),
-        "masked_labels": np.where(weights, np.take_along_axis(ids, order, 1), 0).astype(np.int32),
-        "masked_weights": weights.astype(np.float32),
+        "masked_positions": masked_positions,
+        "masked_labels": masked_labels,
+        "masked_weights": masked_weights,
     }
 
 
 def _choose_tokens(maskable, count, scores):
-    """The `count` maskable positions of each row with the smallest scores."""
+    """The `count` maskable positions of each row with the smallest scores (equal scores: the
+    earlier position first)."""
     scores = np.where(maskable, scores, np.inf)
-    rank = np.argsort(np.argsort(scores, axis=1, kind="stable"), axis=1, kind="stable")
-    return maskable & (rank < count[:, None])
+    # The count-th smallest score of each row bounds the choice: one sort, no ranks.
+    bound = np.take_along_axis(np.sort(scores, axis=1),
+                               np.maximum(count - 1, 0)[:, None], axis=1)
+    below = scores < bound
+    at = scores == bound
+    room = count - below.sum(axis=1)
+    chosen = below | (at & (np.cumsum(at, axis=1) <= room[:, None]))
+    return maskable & chosen & (count > 0)[:, None]
 
 
 def _cap(chosen, slots):
