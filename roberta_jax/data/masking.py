@@ -28,6 +28,7 @@ Against the two references (measured in tests/test_masking_references.py on the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -71,6 +72,11 @@ class MaskingSpec:
     span_p: float = 0.2                     # geometric span lengths (unit="span"), as SpanBERT
     max_span: int = 10
 
+    @functools.cached_property
+    def ordinary_ids(self) -> np.ndarray:
+        """Ids a random replacement draws from: every id but the specials."""
+        return np.setdiff1d(np.arange(self.vocab_size), np.asarray(self.special_ids))
+
     def max_masked(self, seq_len: int) -> int:
         """Static number of masked slots per row: room for the most a row can get."""
         return int(self.mask_prob * seq_len) + 1
@@ -100,7 +106,7 @@ def mask_batch(ids: np.ndarray, examples: np.ndarray, seed: int, spec: MaskingSp
 
     chosen = _cap(chosen, slots)
     action = hash_uniform(seed, examples, positions, _ACTION)
-    ordinary = np.setdiff1d(np.arange(spec.vocab_size), np.asarray(spec.special_ids))
+    ordinary = spec.ordinary_ids
     random_tokens = ordinary[(hash_uniform(seed, examples, positions, _RANDOM_TOKEN)
                               * len(ordinary)).astype(np.int64)]
     to_mask = chosen & (action < spec.replace_with_mask)

@@ -40,10 +40,11 @@ from roberta_jax.errors import UserError
 
 # --------------------------------------------------------------------------- keyed permutation
 
-def _round_function(x: np.ndarray, key: int, round_: int, bits: int) -> np.ndarray:
+def _round_keys(key: int, rounds: int) -> list[np.ndarray]:
+    """Each round's mixed key (a uint64 scalar array)."""
     with np.errstate(over="ignore"):
-        k = np.uint64((int(key) * 0x9E3779B97F4A7C15 + round_ * 0xD6E8FEB86659FD93) % (1 << 64))
-        return _mix(x ^ _mix(np.asarray([k], np.uint64))) & np.uint64((1 << bits) - 1)
+        return [_mix(np.asarray([(int(key) * 0x9E3779B97F4A7C15 + r * 0xD6E8FEB86659FD93)
+                                 % (1 << 64)], np.uint64)) for r in range(rounds)]
 
 
 def keyed_permutation(index: np.ndarray, n: int, key: int, rounds: int = 4) -> np.ndarray:
@@ -55,15 +56,18 @@ def keyed_permutation(index: np.ndarray, n: int, key: int, rounds: int = 4) -> n
     index = np.asarray(index, np.uint64)
     half = max(1, (max(n - 1, 1).bit_length() + 1) // 2)
     mask = np.uint64((1 << half) - 1)
+    shift = np.uint64(half)
+    keys = _round_keys(key, rounds)
     out = index.copy()
     todo = np.ones(out.shape, bool)
-    while todo.any():
-        x = out[todo]
-        left, right = x >> np.uint64(half), x & mask
-        for r in range(rounds):
-            left, right = right, left ^ _round_function(right, key, r, half)
-        out[todo] = (left << np.uint64(half)) | right
-        todo = out >= np.uint64(n)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            x = out[todo]
+            left, right = x >> shift, x & mask
+            for round_key in keys:
+                left, right = right, left ^ (_mix(right ^ round_key) & mask)
+            out[todo] = (left << shift) | right
+            todo = out >= np.uint64(n)
     return out.astype(np.int64)
 
 
@@ -166,7 +170,7 @@ class PretrainingBatches:
         n = len(self.corpus)
         epochs, within = np.divmod(examples, n)
         blocks = np.empty_like(examples)
-        for epoch in np.unique(epochs):
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):  # rows ascend: one or two
             chosen = epochs == epoch
             blocks[chosen] = keyed_permutation(within[chosen], n, key=self.seed * 100_003 + epoch)
         if self.segment_ids:

@@ -128,8 +128,8 @@ class Shards:
         else:
             fds = {}
             try:
-                for s in np.unique(shards):
-                    fds[int(s)] = self._dup_fd(int(s))
+                for s in set(shards.tolist()):
+                    fds[s] = self._dup_fd(s)
                 chunks = [os.pread(fds[int(s)], int(b - a) * size,
                                    self.entries[s]["tokens_offset"] + int(a) * size)
                           for s, a, b in zip(shards, starts, ends)]
@@ -260,14 +260,11 @@ class BlockIndex:
         if self.packing == "none":
             starts = local * self.capacity
             return shard, starts, np.minimum(starts + self.capacity, self.shards.lengths[shard])
-        for s in np.unique(shard):
-            rows = shard == s
-            block_start = self.starts(int(s))
-            i = local[rows]
-            starts[rows] = block_start[i]
-            nxt = np.minimum(i + 1, len(block_start) - 1)
-            ends[rows] = np.where(i + 1 < len(block_start), block_start[nxt],
-                                  self.shards.lengths[s])
+        # Row by row: a batch's rows mostly lie in as many different shards.
+        for row, (s, i) in enumerate(zip(shard.tolist(), local.tolist())):
+            block_start = self.starts(s)
+            starts[row] = block_start[i]
+            ends[row] = block_start[i + 1] if i + 1 < len(block_start) else self.shards.lengths[s]
         return shard, starts, ends
 
     def starts(self, shard: int) -> np.ndarray:

@@ -68,6 +68,8 @@ class WordCache:
         self._count = np.empty(1 << 12, np.int64)  # row -> how many ids
         self._rows = 0                             # rows kept for good
         self._used = 0                             # ids kept for good
+        self.words = 0                             # words (and whole texts) encoded so far
+        self.library_calls = 0                     # of which the library encoded (misses)
 
     def __len__(self) -> int:
         return self._rows
@@ -103,6 +105,8 @@ class WordCache:
                 kind = _OPENING if k in openings else _AFTER_SPACE
                 rows[k] = _placeholder(unseen, (kind, words_in_order[k]))
         rows_array = np.asarray(rows, np.int64)
+        self.words += len(rows)
+        self.library_calls += len(unseen)
         if unseen:
             self._resolve(rows_array, unseen, texts)
         counts = self._count[rows_array]
