@@ -8,9 +8,10 @@
    over the input, and the vocabulary reached, for sentencepiece and byte-level BPE.
 2. `prepare` tokens/s per core (CPU seconds of all its processes), against the tokenizer
    library alone encoding the same text in one process. Byte-level BPE goes through a cache
-   of words (data/word_cache.py); this text repeats its docstrings, so a second BPE row
-   replaces 5% of the words with unseen random ones, and each row says what share of the
-   words the cache sent to the library.
+   of words (data/word_cache.py); this text repeats its docstrings, so two more BPE rows
+   show text the cache has not seen: the installed packages' docstrings (unrepeated) and the
+   text with 5% of its words replaced by random ones; each says what share of the words the
+   cache had not seen.
 3. Start-up (opening the prepared corpus at seq_len 512, and the first batch) seconds and RSS
    growth, each in a fresh process, on corpora of ~13M, ~130M and ~1.2B tokens; against
    format 1's start-up, which packed every shard's blocks when opening (timed here too).
@@ -36,6 +37,7 @@ import os
 import pathlib
 import platform
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -184,6 +186,31 @@ def tokenizer_alone(tokenizer_dir, text_file, limit_chars) -> float:
         tokens = sum(len(e.ids) for e in backend.encode_batch_fast(lines,
                                                                    add_special_tokens=False))
     return tokens / (time.process_time() - start)
+
+
+def installed_docstrings(target: pathlib.Path, megabytes: float) -> int:
+    """Up to `megabytes` of the installed Python packages' docstrings, one per line, each
+    once: real English with the names, numbers and markup technical text carries."""
+    import site
+    pattern = re.compile(r'"""(.*?)"""', re.S)
+    seen, written = set(), 0
+    with open(target, "w", encoding="utf-8") as out:
+        for root in site.getsitepackages():
+            for path in sorted(pathlib.Path(root).rglob("*.py")):
+                try:
+                    source = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                for found in pattern.findall(source):
+                    text = " ".join(found.split())
+                    if len(text) < 80 or text in seen:
+                        continue
+                    seen.add(text)
+                    out.write(text + "\n")
+                    written += len(text) + 1
+                if written > megabytes * 1e6:
+                    return written
+    return written
 
 
 def with_unseen_words(source: pathlib.Path, target: pathlib.Path, share: float) -> float:
@@ -361,12 +388,20 @@ def run(args, root, vocab, batch_steps) -> dict:
     # 2. prepare, all cores
     r["prepare"] = {}
     # The text repeats its docstrings, so nearly every word is one the BPE word cache has
-    # seen; a real corpus keeps bringing new ones. The "unseen" variant replaces a share of
-    # the words with random letters that never repeat, to show what misses cost.
+    # seen; a real corpus keeps bringing new ones. Two more BPE rows: the docstrings of the
+    # installed Python packages (real text, deduplicated, never repeated; its own tokenizer),
+    # and the main text with a share of its words replaced by random letters (a worst case).
     unseen = root / "unseen.txt"
     r["unseen_share"] = with_unseen_words(text, unseen, UNSEEN_SHARE)
-    for kind, source in (("sentencepiece", text), ("bpe", text), ("bpe-unseen", unseen)):
-        tokenizer_dir = root / f"tok-{kind.split('-')[0]}"
+    packages = root / "packages.txt"
+    r["packages_mb"] = installed_docstrings(packages, args.megabytes) / 1e6
+    train_tokenizer([str(packages)], vocab, str(root / "tok-bpe-packages"), kind="bpe",
+                    max_sentences=args.tokenizer_sentences)
+    for kind, source, tokenizer_dir in (
+            ("sentencepiece", text, root / "tok-sentencepiece"),
+            ("bpe", text, root / "tok-bpe"),
+            ("bpe-packages", packages, root / "tok-bpe-packages"),
+            ("bpe-unseen", unseen, root / "tok-bpe")):
         out = root / f"prepared-{kind}"
         manifest, wall, cpu = cpu_of(lambda: prepare(
             [str(source)], str(tokenizer_dir), str(out),  # noqa: B023 (run at once)
@@ -436,9 +471,11 @@ def report(args, r, vocab) -> list[str]:
               "|---|---:|---|---:|"]
     for kind, x in p.items():
         what = {"sentencepiece": "sentencepiece", "bpe": "byte-level BPE",
+                "bpe-packages": f"byte-level BPE on {r['packages_mb']:.0f} MB of the installed "
+                                "Python packages' docstrings (unrepeated; its own tokenizer)",
                 "bpe-unseen": f"byte-level BPE, {100 * r['unseen_share']:.1f}% of the words "
                               "replaced by random unseen ones"}[kind]
-        misses = (f"; the word cache sent {100 * x['misses']:.2f}% of the words to the library"
+        misses = (f"; {100 * x['misses']:.2f}% of the words new to the word cache"
                   if "misses" in x else "")
         lines.append(f"| prepare, {what} ({vocab} ids): {x['tokens']:,} tokens, "
                      f"{x['shards']} shards, {x['wall']:.0f} s wall on {cores} cores{misses} | "
@@ -498,7 +535,7 @@ def extrapolate(r, small, big) -> list[str]:
     rss_40b = small["rss_open_mb"] + per_shard_mb * (shards - small["shards"])
     format1_40b = big["format1_open_s"] * tokens / big["tokens"]
     spm = r["prepare"]["sentencepiece"]["per_core"]
-    bpe = r["prepare"]["bpe-unseen"]["per_core"]  # the conservative row
+    bpe = r["prepare"]["bpe-packages"]["per_core"]  # real, unrepeated text
     per_core = r["batches"]["per_core_64"]
     # roberta-base on a v5p host (4 chips, 459 TFLOP/s bf16 each) at 50% MFU and
     # 602 MFLOP per token (flops.py, gathered head): the tokens each host must be fed.
@@ -516,7 +553,7 @@ def extrapolate(r, small, big) -> list[str]:
         f"{small['shards']}- and {big['shards']}-shard corpora above); format 1 would "
         f"have spent ~{format1_40b / 60:,.0f} minutes packing at every start and restart.",
         f"- prepare: {tokens / spm / 3600:,.1f} core-hours with sentencepiece "
-        f"({tokens / bpe / 3600:,.1f} with byte-level BPE, at the rate with unseen words): "
+        f"({tokens / bpe / 3600:,.1f} with byte-level BPE, at its rate on unrepeated text): "
         "on one 96-core host "
         f"{tokens / spm / 96 / 60:,.0f} minutes with sentencepiece and "
         f"{tokens / bpe / 96 / 60:,.0f} with BPE, if it can read the ~160 GB of text at "

@@ -9,7 +9,7 @@ import pytest
 
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.data.train_tokenizer import train_tokenizer
-from roberta_jax.data.word_cache import WordCache, usable
+from roberta_jax.data.word_cache import WordCache, adds_prefix_space, usable
 from roberta_jax.demo_corpus import stdlib_documents
 
 tokenizers = pytest.importorskip("tokenizers")
@@ -63,7 +63,8 @@ def test_cached_ids_equal_the_library_on_whole_texts(bpe_dir, add_prefix_space, 
     ref = reference(bpe_dir, add_prefix_space)
     assert usable(ref)
     assert ref.token_to_id("ĠĠ") is not None  # a merged run of two spaces
-    cache = WordCache(lambda texts: library_ids(ref, texts), max_words=max_words)
+    cache = WordCache(lambda texts: library_ids(ref, texts), max_words=max_words,
+                      cut_words=not adds_prefix_space(ref))
     rng = random.Random(0)
     for batch in [CORPUS[:300], random_texts(rng, 500), CORPUS[:300], random_texts(rng, 500),
                   [], [""], ["  ", " ", "a  ", "  a", "a   b", "a  b"]]:

@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 
 from roberta_jax import fs
-from roberta_jax.data.word_cache import WordCache
+from roberta_jax.data.word_cache import WordCache, adds_prefix_space
 from roberta_jax.data.word_cache import usable as word_cache_usable
 from roberta_jax.errors import UserError
 
@@ -222,8 +222,9 @@ class ByteLevelBPETokenizer(Tokenizer):
         # The library's own ids, through a cache of words where the tokenizer allows it
         # (data/word_cache.py): ~5x the library alone on corpus text.
         if self._word_cache is None:
-            self._word_cache = (WordCache(self._encode_plain) if word_cache_usable(self._tok)
-                                else False)
+            self._word_cache = (WordCache(self._encode_plain,
+                                          cut_words=not adds_prefix_space(self._tok))
+                                if word_cache_usable(self._tok) else False)
         if self._word_cache is False:
             return super().encode_corpus_batch(texts)
         return self._word_cache.encode(texts)

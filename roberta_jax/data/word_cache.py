@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -46,23 +47,33 @@ def usable(backend) -> bool:
             and all(t.get("special") for t in config.get("added_tokens", [])))
 
 
+def adds_prefix_space(backend) -> bool:
+    """Whether the pre-tokenizer puts a space before a text that lacks one: then a
+    pre-token encoded alone is not what it is inside a word (see WordCache's cut_words)."""
+    return bool((json.loads(backend.to_str()).get("pre_tokenizer") or {}).get(
+        "add_prefix_space"))
+
+
 class WordCache:
     """Encodes texts as the library would, keeping each distinct word's ids.
 
     `encode_plain(texts)` is the library's batch encode (no special tokens added, special
     spellings read as text); it is called only for words not seen yet and for texts that
-    cannot be cut at spaces.
+    cannot be cut at spaces. With `cut_words`, an unseen ASCII word is cut into pre-tokens
+    that are looked up in turn; that needs a tokenizer that does not add a prefix space.
     """
 
     def __init__(self, encode_plain: Callable[[list[str]], list[list[int]]],
-                 max_words: int = MAX_WORDS):
+                 max_words: int = MAX_WORDS, cut_words: bool = True):
         self._encode_plain = encode_plain
         self.max_words = max_words
+        self.cut_words = cut_words
         # A word opening a text and the same word after a space have different ids (byte-level
         # BPE spells the space into the word), so each has its own table; keys are the word
         # without the space, values its row in the store.
         self._opening: dict[str, int] = {}
         self._after_space: dict[str, int] = {}
+        self._pieces: dict[str, list[int]] = {}     # pre-token -> its ids (unseen words)
         self._ids = np.empty(1 << 16, np.int32)    # every stored word's ids, end to end
         self._start = np.empty(1 << 12, np.int64)  # row -> where its ids begin in _ids
         self._count = np.empty(1 << 12, np.int64)  # row -> how many ids
@@ -101,9 +112,10 @@ class WordCache:
             words_per_text[i] = len(words)
         if None in rows:
             openings = set((np.cumsum(words_per_text) - words_per_text).tolist())
+            number = unseen.setdefault
             for k in [k for k, row in enumerate(rows) if row is None]:
                 kind = _OPENING if k in openings else _AFTER_SPACE
-                rows[k] = _placeholder(unseen, (kind, words_in_order[k]))
+                rows[k] = -1 - number((kind, words_in_order[k]), len(unseen))
         rows_array = np.asarray(rows, np.int64)
         self.words += len(rows)
         self.library_calls += len(unseen)
@@ -120,41 +132,80 @@ class WordCache:
         return flat, lengths
 
     def _resolve(self, rows: np.ndarray, unseen: dict, texts: list[str]) -> None:
-        """Encode the unseen words and whole texts in one library call, store them, and put
-        their rows in place of the placeholders."""
+        """Encode the unseen words and whole texts, store them, and put their rows in place
+        of the placeholders. An unseen ASCII word is cut into its pre-tokens, which repeat far
+        more than words do ("`foo_bar(x)`," is made of "`", "foo", "_", "bar", ...), each
+        looked up in a second table; what is left goes to the library in one call."""
         keys = list(unseen)  # in number order
-        encoded = self._encode_plain([texts[key] if kind == _WHOLE_TEXT
-                                      else " " + key if kind == _AFTER_SPACE else key
-                                      for kind, key in keys])
-        stored = np.empty(len(keys), np.int64)
-        later = []
-        for number, ((kind, key), ids) in enumerate(zip(keys, encoded)):
-            if kind == _WHOLE_TEXT or self._rows >= self.max_words:
+        to_library: dict[str, int] = {}  # text -> its place in the library call
+        recipes = []                     # per key: its pre-tokens, or its library text
+        for kind, key in keys:
+            text = texts[key] if kind == _WHOLE_TEXT else " " + key if kind == _AFTER_SPACE \
+                else key
+            if self.cut_words and kind != _WHOLE_TEXT and text.isascii():
+                pieces = _ASCII_PRE_TOKENS.findall(text)
+                for piece in pieces:
+                    if piece not in self._pieces:
+                        to_library.setdefault(piece, len(to_library))
+                recipes.append(pieces)
+            else:
+                to_library.setdefault(text, len(to_library))
+                recipes.append(text)
+        encoded = self._encode_plain(list(to_library)) if to_library else []
+        for text, place in to_library.items():
+            if (len(self._pieces) < self.max_words and text.isascii()
+                    and _ASCII_PRE_TOKENS.fullmatch(text)):
+                self._pieces[text] = encoded[place]
+        kept, kept_ids, later, later_ids = [], [], [], []
+        room = self.max_words - self._rows
+        for number, ((kind, _), recipe) in enumerate(zip(keys, recipes)):
+            if isinstance(recipe, str):
+                ids = encoded[to_library[recipe]]
+            else:
+                ids = [i for piece in recipe for i in (self._pieces.get(piece)
+                                                       or encoded[to_library[piece]])]
+            if kind != _WHOLE_TEXT and len(kept) < room:
+                kept.append(number)
+                kept_ids.append(ids)
+            else:
                 later.append(number)
-                continue
-            stored[number] = self._store(ids, keep=True)
-            (self._after_space if kind == _AFTER_SPACE else self._opening)[key] = stored[number]
-        for number in later:  # after every kept entry, so that kept rows stay contiguous
-            stored[number] = self._store(encoded[number], keep=False)
+                later_ids.append(ids)
+        stored = np.empty(len(keys), np.int64)
+        # Kept entries first, so that they stay contiguous; the others are this batch's only.
+        stored[kept] = self._store(kept_ids, keep=True)
+        stored[later] = self._store(later_ids, keep=False)
+        for number, row in zip(kept, stored[kept].tolist()):
+            kind, key = keys[number]
+            (self._after_space if kind == _AFTER_SPACE else self._opening)[key] = row
         waiting = rows < 0
         rows[waiting] = stored[-1 - rows[waiting]]
 
-    def _store(self, ids: list[int], keep: bool) -> int:
-        """Append a word's ids; kept ones stay for later batches, the others are overwritten
-        by the next batch."""
+    def _store(self, entries: list[list[int]], keep: bool) -> np.ndarray:
+        """Append entries (each a word's ids), returning their rows; kept ones stay for
+        later batches, the others are overwritten by the next batch."""
         row, used = self._batch_rows, self._batch_used
-        self._start = _room(self._start, row + 1)
-        self._count = _room(self._count, row + 1)
-        self._ids = _room(self._ids, used + len(ids))
-        self._ids[used:used + len(ids)] = ids
-        self._start[row], self._count[row] = used, len(ids)
-        self._batch_rows, self._batch_used = row + 1, used + len(ids)
+        counts = np.fromiter(map(len, entries), np.int64, count=len(entries))
+        total = int(counts.sum())
+        self._start = _room(self._start, row + len(entries))
+        self._count = _room(self._count, row + len(entries))
+        self._ids = _room(self._ids, used + total)
+        self._ids[used:used + total] = np.fromiter(itertools.chain.from_iterable(entries),
+                                                   np.int32, count=total)
+        rows = np.arange(row, row + len(entries))
+        self._start[rows] = used + np.cumsum(counts) - counts
+        self._count[rows] = counts
+        self._batch_rows, self._batch_used = row + len(entries), used + total
         if keep:
             self._rows, self._used = self._batch_rows, self._batch_used
-        return row
+        return rows
 
 
 _OPENING, _AFTER_SPACE, _WHOLE_TEXT = range(3)
+
+# GPT-2's pre-tokenizer pattern on ASCII text, where \p{L} is [A-Za-z] and \p{N} is [0-9]
+# whatever the Unicode version; the words cut with it hold no white space but a leading " ".
+_ASCII_PRE_TOKENS = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
 
 
 def _placeholder(unseen: dict, key: tuple) -> int:
