@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 from roberta_jax.errors import UserError
+from roberta_jax.host_memory import keep_freed_memory
 from roberta_jax.model import HEADS
 from roberta_jax.progress import close_bars, print_above
 
@@ -386,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     args.overrides = overrides
     _log_to_stderr()
+    keep_freed_memory()  # XLA on CPU: no page faults on each step's fresh buffers
     try:
         status = args.run(args)
     except UserError as e:

@@ -1,0 +1,42 @@
+"""Keep the host memory a process frees, rather than handing it back to the OS at once.
+
+XLA on CPU allocates each step's buffers afresh and frees them at the end of the step. glibc
+returns large freed blocks to the OS (blocks it mapped on their own, and the top of the heap
+past a threshold), so the next step takes a page fault on every 4 kB it touches again: in a
+fine-tuning step of the 4-layer benchmark model that was 6 ms of zero-filling one 8 MB
+embedding gradient and 5 ms more in the GELUs, ~6% of the step, and it grows with the
+vocabulary. With the memory kept, the process's resident size stays at its peak, as a
+training process's does anyway.
+
+Only glibc on Linux has these knobs; elsewhere this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+_DONE = False
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc to serve every allocation from its heap and to trim the heap only past
+    2 GB of free memory at its top. Returns whether the settings took; idempotent."""
+    global _DONE
+    if _DONE:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _DONE = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _DONE
