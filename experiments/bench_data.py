@@ -455,7 +455,7 @@ def report(args, r, vocab) -> list[str]:
         "## Input pipeline at corpus scale (`python experiments/bench_data.py`)", "",
         f"Machine: {cores} CPU cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}, a shared virtual machine whose speed "
-        "varies from run to run (the tokenizer library alone has measured 0.23M-0.36M tokens/s "
+        "varies from run to run (the tokenizer library alone has measured 0.23M-0.63M tokens/s "
         "per core on the same text): compare ratios within a run; CPU-time figures (per core) "
         "are steadier than wall-clock ones. Text: standard-library "
         f"docstrings shuffled into {r['text_mb']:.0f} MB of one-document-per-line text "
