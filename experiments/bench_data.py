@@ -232,18 +232,18 @@ def with_unseen_words(source: pathlib.Path, target: pathlib.Path, share: float) 
 
 
 def word_cache_misses(tokenizer_dir, text_file) -> float:
-    """Share of the words prepare's BPE word cache sends to the library, over the whole text
-    in one process (each prepare worker has its own cache and misses a little more)."""
+    """Share of the words prepare's BPE word cache had not seen, over the whole text in one
+    process (each prepare worker has its own cache and misses a little more)."""
     from roberta_jax.data.corpus import ReadStats, list_units, read_unit
+    from roberta_jax.data.prepare import corpus_texts
     from roberta_jax.data.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(tokenizer_dir)
     for unit in list_units([str(text_file)]):
         documents = list(read_unit(unit, "lines", "text", ReadStats()))
-        for i in range(0, len(documents), 256):  # texts as prepare's writer makes them
-            tokenizer.encode_corpus_batch([s if j == 0 else " " + s for doc in
-                                           documents[i:i + 256] for j, s in enumerate(doc)])
+        for i in range(0, len(documents), 256):
+            tokenizer.encode_corpus_batch(corpus_texts(documents[i:i + 256]))
     cache = tokenizer._word_cache
-    return cache.library_calls / max(cache.words, 1)
+    return cache.misses / max(cache.words, 1)
 
 
 def batches_per_core(directory, batch, steps, segment_ids=False) -> float:
@@ -455,8 +455,7 @@ def report(args, r, vocab) -> list[str]:
         "## Input pipeline at corpus scale (`python experiments/bench_data.py`)", "",
         f"Machine: {cores} CPU cores ({platform.processor() or platform.machine()}), Python "
         f"{platform.python_version()}, a shared virtual machine whose speed "
-        "varies from run to run (the tokenizer library alone has measured 0.23M-0.63M tokens/s "
-        "per core on the same text): compare ratios within a run; CPU-time figures (per core) "
+        "varies from run to run: compare ratios within a run; CPU-time figures (per core) "
         "are steadier than wall-clock ones. Text: standard-library "
         f"docstrings shuffled into {r['text_mb']:.0f} MB of one-document-per-line text "
         "(6-20k characters per line). The corpora above the first are that prepared corpus "

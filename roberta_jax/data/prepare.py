@@ -250,6 +250,13 @@ def _prepare_unit(job: tuple[int, Unit]) -> None:
     write_json(fs.as_path(_STATE["output"]) / f"{unit_name(index)}.json", record)  # last
 
 
+def corpus_texts(documents: list[list[str]]) -> list[str]:
+    """The texts encoded for documents (lists of sentences): sentences after a document's first
+    get a leading space, as they would have inside running text (byte-level BPE marks word
+    starts with the space)."""
+    return [s if j == 0 else " " + s for doc in documents for j, s in enumerate(doc)]
+
+
 class _ShardWriter:
     """Turns batches of documents into shards of at most about `shard_tokens` tokens (a shard
     ends at a document end), each with its arrays and block indexes."""
@@ -269,9 +276,7 @@ class _ShardWriter:
         """Encode and append `documents`; returns the tokens added."""
         if not documents:
             return 0
-        # Sentences after a document's first are encoded with a leading space, as they would be
-        # inside running text (byte-level BPE marks word starts with the space).
-        texts = [s if j == 0 else " " + s for doc in documents for j, s in enumerate(doc)]
+        texts = corpus_texts(documents)
         flat, lengths = self.tokenizer.encode_corpus_batch(texts)
         # </s> marks document ends in the stream and nowhere else (segment ids rely on it);
         # corpus text is encoded as text, so only a tokenizer's own quirk could emit one.

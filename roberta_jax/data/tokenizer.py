@@ -220,7 +220,7 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     def encode_corpus_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         # The library's own ids, through a cache of words where the tokenizer allows it
-        # (data/word_cache.py): ~5x the library alone on corpus text.
+        # (data/word_cache.py): 2.5-3.9x the library alone in BENCHMARKS.md.
         if self._word_cache is None:
             self._word_cache = (WordCache(self._encode_plain,
                                           cut_words=not adds_prefix_space(self._tok))

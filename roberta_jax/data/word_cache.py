@@ -2,9 +2,9 @@
 
 The `tokenizers` library encodes about 0.3M tokens/s on one core, most of it spent per word
 on work whose answer repeats (the pre-tokenizing regex, the merges, building an Encoding).
-Corpus text is Zipfian: a few hundred thousand distinct words cover nearly all of it. So the
-text is cut at single spaces, each piece looked up in a dictionary of the ids the library
-gave it, and only unseen pieces go to the library.
+Corpus text is Zipfian: most of its words have been seen before (93% in 52 MB of unrepeated
+package docstrings, BENCHMARKS.md). So the text is cut at single spaces, each piece looked
+up in a dictionary of the ids the library gave it, and only unseen pieces go to the library.
 
 Why cutting at a single space gives the library's own ids: GPT-2's pre-tokenizer pattern
 (`'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+`) never
@@ -29,9 +29,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-# Distinct words kept (~100 bytes each with their ids; 500k cover nearly every word of an
-# English corpus): beyond this, new words go to the library every time they appear, so memory
-# stays bounded whatever the corpus, in every prepare worker.
+# Distinct words (and, apart, pre-tokens) kept, ~100 bytes each with their ids: beyond this,
+# new words go to the library every time they appear, so memory stays bounded whatever the
+# corpus, in every prepare worker.
 MAX_WORDS = 1 << 19
 
 
@@ -80,7 +80,7 @@ class WordCache:
         self._rows = 0                             # rows kept for good
         self._used = 0                             # ids kept for good
         self.words = 0                             # words (and whole texts) encoded so far
-        self.library_calls = 0                     # of which the library encoded (misses)
+        self.misses = 0                            # of which not in the tables
 
     def __len__(self) -> int:
         return self._rows
@@ -118,7 +118,7 @@ class WordCache:
                 rows[k] = -1 - number((kind, words_in_order[k]), len(unseen))
         rows_array = np.asarray(rows, np.int64)
         self.words += len(rows)
-        self.library_calls += len(unseen)
+        self.misses += len(unseen)
         if unseen:
             self._resolve(rows_array, unseen, texts)
         counts = self._count[rows_array]
