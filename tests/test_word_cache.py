@@ -64,7 +64,7 @@ def test_cached_ids_equal_the_library_on_whole_texts(bpe_dir, add_prefix_space, 
     assert usable(ref)
     assert ref.token_to_id("ĠĠ") is not None  # a merged run of two spaces
     cache = WordCache(lambda texts: library_ids(ref, texts), max_words=max_words,
-                      cut_words=not adds_prefix_space(ref))
+                      prefix_space=adds_prefix_space(ref))
     rng = random.Random(0)
     for batch in [CORPUS[:300], random_texts(rng, 500), CORPUS[:300], random_texts(rng, 500),
                   [], [""], ["  ", " ", "a  ", "  a", "a   b", "a  b"]]:
@@ -72,6 +72,7 @@ def test_cached_ids_equal_the_library_on_whole_texts(bpe_dir, add_prefix_space, 
         assert flat.dtype == np.int64 and len(lengths) == len(batch)
         assert split(flat, lengths) == library_ids(ref, batch)
     assert len(cache) <= max_words
+    assert cache.words > 2000, "the texts were not cut into words"
 
 
 def test_the_tokenizer_uses_the_cache_and_keeps_its_ids(bpe_dir):

@@ -223,7 +223,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         # (data/word_cache.py): 2.5-3.9x the library alone in BENCHMARKS.md.
         if self._word_cache is None:
             self._word_cache = (WordCache(self._encode_plain,
-                                          cut_words=not adds_prefix_space(self._tok))
+                                          prefix_space=adds_prefix_space(self._tok))
                                 if word_cache_usable(self._tok) else False)
         if self._word_cache is False:
             return super().encode_corpus_batch(texts)
