@@ -19,7 +19,6 @@ import dataclasses
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,14 +31,12 @@ from roberta_jax.data import squad
 from roberta_jax.data import tokens as token_data
 from roberta_jax.data.rows import IGNORED_LABEL
 from roberta_jax.errors import UserError
+from roberta_jax.losses import cross_entropy
 
 
 def _cross_entropy(logits, labels):
     """Per-row cross entropy; rows labelled IGNORED_LABEL give 0."""
-    logits = logits.astype(jnp.float32)
-    safe = jnp.where(labels == IGNORED_LABEL, 0, labels)
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), safe[..., None], -1)[..., 0]
-    return jnp.where(labels == IGNORED_LABEL, 0.0, nll)
+    return jnp.where(labels == IGNORED_LABEL, 0.0, cross_entropy(logits, labels))
 
 
 def _weighted_mean(values, weights):

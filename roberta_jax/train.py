@@ -35,6 +35,7 @@ from roberta_jax.data.pipeline import PretrainingBatches, check_compatible, chec
 from roberta_jax.data.prepare import TOKENIZER_DIR
 from roberta_jax.errors import UserError
 from roberta_jax.flops import peak_flops_per_device, train_flops_per_token
+from roberta_jax.losses import cross_entropy
 from roberta_jax.model import RobertaForMaskedLM
 from roberta_jax.optim import learning_rate_schedule, make_optimizer
 from roberta_jax.progress import print_above, progress_bar
@@ -147,11 +148,7 @@ def make_steps(model: RobertaForMaskedLM, tx, config, real_vocab: int):
                           rngs=None if deterministic else {"dropout": dropout_key})
         logits = out.logits.astype(jnp.float32) + vocab_bias
         labels, weights = batch["masked_labels"], batch["masked_weights"]
-        # log-sum-exp minus the label's logit, picked by a one-hot product: its gradient is one
-        # fused elementwise pass, where take_along_axis scatters into a zero tensor of the
-        # logits' size.
-        label_logit = jnp.sum(logits * jax.nn.one_hot(labels, vocab, dtype=logits.dtype), -1)
-        nll = jax.nn.logsumexp(logits, -1) - label_logit
+        nll = cross_entropy(logits, labels)
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
         return jnp.sum(nll * weights), jnp.sum(correct * weights)
 
