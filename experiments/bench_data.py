@@ -159,7 +159,7 @@ def prepare_in_fresh_process(source, tokenizer_dir, out, unit_bytes) -> tuple[di
     command runs it, timed around the call (interpreter start-up left out). In this
     benchmark's own long-lived process, after tokenizer training and the other rows, the same
     call measured 1.14-1.24M tokens/s per core against 1.62-1.86M in fresh processes run
-    between them: forked workers inherit the parent's state, which a user's command lacks."""
+    between them (the cause is not known; a user's command starts fresh)."""
     out_json = subprocess.run(
         [sys.executable, __file__, "--child-prepare",
          json.dumps([str(source), str(tokenizer_dir), str(out), unit_bytes])],
