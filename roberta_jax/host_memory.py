@@ -8,12 +8,6 @@ embedding gradient and 5 ms more in the GELUs, and the whole step ran ~15% faste
 memory kept (the embedding's share grows with the vocabulary). With the memory kept, the
 process's resident size stays at its peak, as a training process's does anyway.
 
-XLA allocates a step's scratch memory as one block from its own threads. glibc gives each
-thread an arena of its own, whose heaps grow to 64 MB at most; a larger block comes from a
-mapping of its own whatever the settings, and goes back to the OS when freed. In the base
-model's training step that block is 1.1 GB: 270,000 page faults and 0.4 s of kernel time a
-step, 12% of it. Hence one arena, the heap's, for every thread.
-
 Only glibc on Linux has these knobs; elsewhere this does nothing.
 """
 
@@ -25,16 +19,13 @@ import sys
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
 
 _DONE = False
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc to serve every allocation, from any thread, from its heap and to trim the
-    heap only past 2 GB of free memory at its top. Call it before the threads that allocate
-    start (a thread keeps the arena it was given). Returns whether the settings took;
-    idempotent."""
+    """Tell glibc to serve every allocation from its heap and to trim the heap only past
+    2 GB of free memory at its top. Returns whether the settings took; idempotent."""
     global _DONE
     if _DONE:
         return True
@@ -47,6 +38,5 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _DONE = (bool(mallopt(_M_ARENA_MAX, 1)) and bool(mallopt(_M_MMAP_MAX, 0))
-             and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)))
+    _DONE = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _DONE
