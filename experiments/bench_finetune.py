@@ -381,6 +381,7 @@ def report(args, data, ours, theirs, predict, interleaved) -> str:
     import jax
     import torch
     import transformers
+    from benchmarks_md import cpu
     ours_steady, theirs_steady = _steady(ours["epoch_examples_per_second"]), _steady(
         theirs["epoch_examples_per_second"])
     lines = [
@@ -392,7 +393,8 @@ def report(args, data, ours, theirs, predict, interleaved) -> str:
         f"{data['positive']:.0%} positive), byte-level BPE of {VOCAB} ids, 4 layers, width 256, "
         f"the same random initial weights; batch {BATCH}, max_length {MAX_LENGTH}, lr {LR:g}, "
         f"{args.epochs} epochs with dev accuracy after each, fp32, dropout on; each side pinned "
-        f"to {args.cpus} cores ({os.cpu_count()} on the machine). Whole command: the process's "
+        f"to {args.cpus} cores ({os.cpu_count()} on the machine: {cpu()}). Whole command: the "
+        "process's "
         "wall time (start-up, tokenizing, compiling, training, evaluating, saving). Steady "
         "state: training examples/s over the epochs after the first. transformers: "
         "AutoModelForSequenceClassification with DataCollatorWithPadding and torch AdamW. "

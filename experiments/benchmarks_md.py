@@ -1,6 +1,7 @@
 """Write one benchmark's section of BENCHMARKS.md, leaving the other sections as they are."""
 
 import pathlib
+import platform
 import re
 
 PATH = pathlib.Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -18,3 +19,16 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     PATH.write_text(text)
     print(f"wrote the {name} section of {PATH}")
+
+
+def cpu() -> str:
+    """The CPU's model and its widest fp32 vector instructions, which set the matmul ceiling
+    (the same benchmark on AVX2 and AVX-512 machines can rank the sides differently)."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or [None, ""])[1].split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    return ", ".join(x for x in ((model[1].strip() if model else platform.machine()), isa) if x)
