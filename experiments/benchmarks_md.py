@@ -29,6 +29,8 @@ def cpu() -> str:
     except OSError:
         return platform.processor() or platform.machine()
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or [None, ""])[1].split())
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-    return ", ".join(x for x in ((model[1].strip() if model else platform.machine()), isa) if x)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
+    flags = set(flags[1].split()) if flags else set()
+    name = model[1].strip() if model else platform.machine()
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{name}, {isa}" if isa else name

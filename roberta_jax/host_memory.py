@@ -9,8 +9,8 @@ memory kept (the embedding's share grows with the vocabulary). With the memory k
 process's resident size stays at its peak, as a training process's does anyway.
 
 Blocks that XLA allocates from its own threads and that outgrow a thread arena's 64 MB heaps
-(the base model's 1.1 GB scratch block a step) are still mapped afresh each time: about 0.4 s
-of page faults a base-model step on CPU. Putting every thread on the heap's arena
+(the base model's 1.1 GB scratch block a step) are still mapped afresh each time: 0.5-0.6 s
+of kernel time in page faults a base-model step on CPU. Putting every thread on the heap's arena
 (M_ARENA_MAX=1) removed them, but with glibc 2.36 the heap then often grew by the whole block
 every step instead of reusing the last one (3.9 to 9.8 GB in five steps), so it is not done.
 
