@@ -31,7 +31,7 @@ import numpy as np
 from roberta_jax import fs
 from roberta_jax.data import pack_examples as pack
 from roberta_jax.data import squad
-from roberta_jax.data.rows import bucket_length, read_rows
+from roberta_jax.data.rows import read_rows
 from roberta_jax.data.tokenizer import load_tokenizer
 from roberta_jax.errors import UserError
 
@@ -117,40 +117,46 @@ class Predictor:
 
     def run(self, sequences: list, per_token: bool, masks: bool = False, top_k: int = 0,
             width: int | None = None):
-        """Per-sequence outputs of the model on token sequences, packed into rows of the
-        smallest bucket holding the longest: per token ([n, width (default: the longest),
-        ...]) or one per sequence ([n, ...]); with `masks`, the top_k ids at each sequence's
-        <mask> tokens (a list)."""
+        """Per-sequence outputs of the model on token sequences, packed into rows of a few
+        lengths (pack.inference_groups): per token ([n, width (default: the longest), ...]) or
+        one per sequence ([n, ...]); with `masks`, the top_k ids at each sequence's <mask>
+        tokens (a list)."""
         lengths = np.asarray([len(s) for s in sequences])
         longest = int(lengths.max())
         if longest > self.limit:
             raise UserError(f"an input of {longest} tokens is longer than the model's "
                             f"{self.limit}")
-        length = min(bucket_length(longest, BUCKETS + (self.limit,)), self.limit)
-        placement = pack.first_fit(lengths, length)
-        slots = _power_of_two(pack.slots_needed(placement))
-        # Rows per step: about batch_size inputs' worth of tokens, a power of two so that few
-        # programs are compiled whatever the inputs.
-        step = _power_of_two(max(1, -(-self.batch_size * int(lengths.mean()) // length)))
-        step = min(step, _power_of_two(placement.rows))
-        rows = pack.rows_of(sequences, placement, -(-placement.rows // step) * step, length,
-                            slots, self.tokenizer.pad_id)
+        buckets = tuple(b for b in BUCKETS if b < self.limit) + (self.limit,)
+        # Steps of about batch_size inputs' worth of tokens.
+        tokens_per_step = self.batch_size * max(1, int(lengths.mean()))
+        outputs = [None] * len(sequences)
+        for group in pack.inference_groups(lengths, buckets, tokens_per_step):
+            results = self._run_group([sequences[i] for i in group.members], group, per_token,
+                                      masks, top_k, width or longest)
+            for i, result in zip(group.members, results):
+                outputs[i] = result
+        return outputs if masks else np.stack(outputs)
+
+    def _run_group(self, sequences, group, per_token, masks, top_k, width):
+        placement = group.placement
+        rows = pack.rows_of(sequences, placement, group.rows, group.row_length,
+                            pack.power_of_two(pack.slots_needed(placement)), self.tokenizer.pad_id)
         if self.kind is None or not self.kind.pools:
             del rows["segment_starts"]
         if masks:
             found = [np.flatnonzero(r == self.tokenizer.mask_id) for r in rows["input_ids"]]
-            width = _power_of_two(max(1, max(len(f) for f in found)))
-            rows["masked_positions"] = np.stack([np.pad(f, (0, width - len(f)))
+            most = pack.power_of_two(max(1, max(len(f) for f in found)))
+            rows["masked_positions"] = np.stack([np.pad(f, (0, most - len(f)))
                                                  for f in found]).astype(np.int32)
         results = np.concatenate([
-            np.asarray(self._forward(self.params, {k: v[first:first + step]
+            np.asarray(self._forward(self.params, {k: v[first:first + group.step]
                                                    for k, v in rows.items()}, top_k=top_k))
-            for first in range(0, len(rows["input_ids"]), step)])
+            for first in range(0, group.rows, group.step)])
         if masks:  # a sequence's masks are those of its row that lie within it
             return [results[r, np.flatnonzero((found[r] >= s) & (found[r] < s + n))]
                     for r, s, n in zip(placement.row, placement.start, placement.length)]
         if per_token:
-            return pack.unpack_tokens(results, placement, width or longest)
+            return pack.unpack_tokens(results, placement, width)
         return pack.unpack_slots(results, placement)
 
     def _through_kind(self, data, label_names=None):
@@ -262,10 +268,6 @@ def predict(model_dir: str, records: list[dict], text_field: str = "text",
     for record in predictor(records, text_field=text_field, pair_field=pair_field, top_k=top_k,
                             allow_no_answer=allow_no_answer):
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def _power_of_two(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def _softmax(x):

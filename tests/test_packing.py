@@ -139,6 +139,33 @@ def test_first_fit_places_every_sequence_once_within_its_row():
             assert list(p.slot[mine][np.argsort(p.start[mine])]) == list(range(len(mine)))
 
 
+def test_inference_rows_give_long_inputs_long_rows_and_fill_them_with_short_ones():
+    rng = np.random.default_rng(2)
+    buckets = (16, 32, 64, 128)
+    for _ in range(30):
+        lengths = np.concatenate([rng.integers(2, 9, rng.integers(1, 80)),
+                                  rng.integers(17, 120, rng.integers(0, 6))])
+        groups = pack.inference_groups(lengths, buckets, tokens_per_step=128)
+        members = np.concatenate([g.members for g in groups])
+        assert sorted(members) == list(range(len(lengths)))  # each sequence in one row
+        short = min(pack.row_length(4 * int(np.median(lengths)), buckets),
+                    pack.row_length(lengths.max(), buckets))  # 4 median inputs, if any is
+        for g in groups:
+            assert g.rows % g.step == 0 and g.placement.rows <= g.rows
+            assert (g.placement.length == lengths[g.members]).all()
+            covered = np.zeros((g.rows, g.row_length), int)
+            for r, s, n in zip(g.placement.row, g.placement.start, g.placement.length):
+                covered[r, s:s + n] += 1
+            assert covered.max() == 1
+            need = [max(short, pack.row_length(n, buckets)) for n in lengths[g.members]]
+            assert max(need) == g.row_length  # rows only as long as a member needs
+            later = [h.members for h in groups[groups.index(g) + 1:]]
+            if later:  # what went to shorter rows found no room in these (first-fit)
+                free = g.row_length - covered.sum(1)
+                assert free.max() < lengths[np.concatenate(later)].min()
+        assert len({g.row_length for g in groups}) == len(groups)
+
+
 def test_row_counts_are_the_cheapest_choice_of_at_most_three():
     rng = np.random.default_rng(1)
     for _ in range(30):
@@ -304,7 +331,8 @@ def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_pa
 
 
 @pytest.mark.parametrize("task", ["masked-lm", "sequence-classification"])
-def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, task):
+def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, task,
+                                                                     monkeypatch):
     from conftest import small_bpe_tokenizer
 
     from roberta_jax.predict import Predictor
@@ -313,11 +341,22 @@ def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, 
     tokenizer = small_bpe_tokenizer([words], tmp_path / "m")
     parity.random_hf_model(task, vocab_size=tokenizer.vocab_size).save_pretrained(tmp_path / "m")
     rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(words.split() + ["<mask>"], rng.integers(1, 12)))
+    texts = [" ".join(rng.choice(words.split() + ["<mask>"], rng.integers(1, 9)))
              for _ in range(40)]
+    for i in (5, 6, 7):  # longer than most (the model takes 38 tokens): rows of their own
+        while len(tokenizer(texts[i])) < 35:
+            texts[i] += " " + rng.choice(words.split() + ["<mask>"])
     texts[0] = "<mask> " + texts[0] + " <mask>"
     predictor = Predictor(str(tmp_path / "m"), batch_size=4)
+    lengths_used, inference_groups = [], pack.inference_groups
+
+    def groups(*args, **kwargs):
+        chosen = inference_groups(*args, **kwargs)
+        lengths_used.extend(g.row_length for g in chosen)
+        return chosen
+    monkeypatch.setattr(pack, "inference_groups", groups)
     got = list(predictor([{"text": t} for t in texts], top_k=3))
+    assert lengths_used == [38, 32]  # the long inputs' rows, then the others'
     ids = [tokenizer(t) for t in texts]
     alone_ids, alone_mask = pad_batch(ids, max(map(len, ids)), 1)  # padded: each input alone
     every = np.array(predictor.model.apply({"params": predictor.params}, alone_ids,

@@ -34,20 +34,24 @@ class Placement:
     rows: int            # rows used
 
 
-def first_fit(lengths: np.ndarray, row_length: int) -> Placement:
+def first_fit(lengths: np.ndarray, row_length: int, max_rows: int | None = None) -> Placement:
     """Each sequence, longest first, into the first row with room for it (first-fit
-    decreasing: within 22% of the fewest rows possible, and usually much closer)."""
+    decreasing: within 22% of the fewest rows possible, and usually much closer). With
+    `max_rows`, sequences that find no room in that many rows are left out (row -1)."""
     lengths = np.asarray(lengths, np.int64)
     if lengths.size and lengths.max() > row_length:
         raise UserError(f"a sequence of {lengths.max()} tokens does not fit rows of {row_length}")
     n = len(lengths)
     row, start, slot = (np.zeros(n, np.int64) for _ in range(3))
+    row[:] = -1
     free = np.empty(0, np.int64)      # room left in each open row
     used = np.empty(0, np.int64)      # segments in each open row
     for i in np.argsort(-lengths, kind="stable"):
         fits = np.flatnonzero(free >= lengths[i])
         if fits.size:
             r = fits[0]
+        elif max_rows is not None and len(free) >= max_rows:
+            continue
         else:
             r = len(free)
             free, used = np.append(free, row_length), np.append(used, 0)
@@ -55,6 +59,13 @@ def first_fit(lengths: np.ndarray, row_length: int) -> Placement:
         free[r] -= lengths[i]
         used[r] += 1
     return Placement(row, start, lengths, slot, len(free))
+
+
+def placed(placement: Placement) -> tuple[np.ndarray, Placement]:
+    """(indices of the sequences that found a row, their placement) of a `max_rows` packing."""
+    kept = np.flatnonzero(placement.row >= 0)
+    return kept, Placement(placement.row[kept], placement.start[kept], placement.length[kept],
+                           placement.slot[kept], placement.rows)
 
 
 def slots_needed(placement: Placement) -> int:
@@ -144,6 +155,51 @@ def fit_rows(needed: int, row_counts: tuple[int, ...], multiple: int = 1) -> int
         if needed <= count:
             return count
     return -(-needed // multiple) * multiple
+
+
+# ------------------------------------------------------------------ inference in a few row lengths
+
+@dataclasses.dataclass
+class RowGroup:
+    """Sequences packed in rows of one length, run `step` rows at a time."""
+    row_length: int
+    step: int
+    rows: int              # rows to run: a multiple of step
+    members: np.ndarray    # the sequences' indices in the caller's list
+    placement: Placement   # of the members, in that order
+
+
+def inference_groups(lengths, buckets: tuple[int, ...], tokens_per_step: int,
+                     per_row: int = 4) -> list[RowGroup]:
+    """Packed rows for inference when lengths vary: most sequences share rows of the smallest
+    bucket holding `per_row` sequences of the median length, and each longer one goes to rows
+    of the smallest bucket holding it, whose room (whole steps of them) is filled with shorter
+    sequences first. A row of L tokens computes L x L attention scores of which the mask keeps
+    only each sequence's own, so short rows for short inputs waste less; filling the long
+    rows keeps their steps from carrying padding rows. Steps hold about `tokens_per_step`
+    tokens, a power of two of rows, so that few programs are compiled whatever the inputs."""
+    lengths = np.asarray(lengths, np.int64)
+    longest = row_length(int(lengths.max()), buckets)
+    base = min(row_length(per_row * int(np.median(lengths)), buckets), longest)
+    needs = np.asarray([max(base, row_length(int(n), buckets)) for n in lengths])
+    remaining, groups = np.arange(len(lengths)), []
+    for length in sorted(set(needs.tolist()), reverse=True):
+        must = lengths[remaining][needs[remaining] == length]
+        if not must.size:  # all went to fill longer rows
+            continue
+        everything = first_fit(lengths[remaining], length).rows
+        must = first_fit(must, length).rows
+        step = min(power_of_two(-(-tokens_per_step // length)), power_of_two(everything))
+        rows = -(-must // step) * step
+        kept, placement = placed(first_fit(lengths[remaining], length, max_rows=rows))
+        groups.append(RowGroup(length, step, rows, remaining[kept], placement))
+        remaining = np.delete(remaining, kept)
+    return groups
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 # ------------------------------------------------------------------ fine-tuning with a task kind
