@@ -206,10 +206,11 @@ def interleaved_steps(work: pathlib.Path, steps: int) -> None:
     from roberta_jax.data.rows import bucket_length
     from roberta_jax.data.tokenizer import load_tokenizer
     from roberta_jax.finetune import _device_batch, make_steps, recipe
-    from roberta_jax.host_memory import keep_freed_memory
+    from roberta_jax.host_memory import keep_freed_memory, run_on_calling_thread
     from roberta_jax.optim import make_optimizer
     from roberta_jax.weights import for_finetuning
     keep_freed_memory()  # as the roberta-jax command does (one allocator for both sides)
+    run_on_calling_thread()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     rows = [json.loads(line) for line in open(work / "train.jsonl")][:BATCH * steps]
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(work / "init")

@@ -351,8 +351,12 @@ def child(side, shape_name, threads, serve):
     """Build a side, time its first step (compile + one step), then either time the shape's
     steps and report, or (serve) run one step per "step" line on stdin until "quit"."""
     shape = {**SHAPES, **SMOKE_SHAPES}[shape_name]
-    _keep_freed_memory()
+    memory = _host_memory()
+    memory.keep_freed_memory()
+    if side != "hf-torch":  # both jax sides run as the roberta-jax command runs jax
+        memory.run_on_calling_thread()
     one, result = prepare(side, shape, threads)
+    memory.release_free_pages()  # every side, after building its state
     result["first_step_seconds"] = _timed(one)
     if serve:
         print("READY", flush=True)
@@ -366,16 +370,18 @@ def child(side, shape_name, threads, serve):
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _keep_freed_memory():
-    """Every side keeps the memory it frees, as the roberta-jax command does
-    (roberta_jax/host_memory.py; loaded from its file, as the HF Flax side's interpreter lacks
-    our package): the same allocator for all, which speeds XLA's steps and torch's alike."""
+def _host_memory():
+    """roberta_jax/host_memory.py, loaded from its file (the HF Flax side's interpreter lacks
+    our package): every side keeps the memory it frees and hands back the holes its
+    initialisation left, and both jax sides run on the calling thread, as the roberta-jax
+    command does; the same allocator settings for all, which speed XLA's steps and torch's
+    alike."""
     spec = importlib.util.spec_from_file_location(
         "host_memory", pathlib.Path(__file__).resolve().parent.parent / "roberta_jax"
         / "host_memory.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.keep_freed_memory()
+    return module
 
 
 def _timed(one):
@@ -566,8 +572,11 @@ def _write_same_work(rows, ceiling, torch_ceiling, threads):
              "(vocabulary 50265, as transformers trains it), `encoder` the encoder alone "
              "with a loss on its last hidden state. The sides of one row group are resident "
              "together, each in its own process, and take their steps in turn, so a busy spell "
-             "of the machine falls on all alike. Every side keeps the memory it frees "
-             "(glibc mallopt, as the roberta-jax command does: roberta_jax/host_memory.py). "
+             "of the machine falls on all alike. Every side keeps the memory it frees and "
+             "hands back the holes building its state left (glibc mallopt and malloc_trim), "
+             "and both jax sides run their steps on the calling thread "
+             "(jax_cpu_enable_async_dispatch off), as the roberta-jax command does: "
+             "roberta_jax/host_memory.py. "
              "Ours computes its loss with roberta_jax.losses.cross_entropy, as pretraining "
              "does. HF torch uses its default attention "
              f"(sdpa). jax {jax.__version__}, torch {torch.__version__}, transformers "
@@ -631,8 +640,10 @@ def _write(rows, ceiling, torch_ceiling, threads):
              "the work each side does: Hugging Face computes the "
              "50265-word head at every position, we at the masked slots (15% + 1 per row), "
              "with the vocabulary padded to 50304 internally. Memory: peak RSS of the side's "
-             "process. Ratios are against the faster peer of the shape (in bold), memory "
-             "against HF torch.", "",
+             "process. Every side keeps the memory it frees, and both jax sides run their "
+             "steps on the calling thread, as the roberta-jax command does "
+             "(roberta_jax/host_memory.py). Ratios are against the faster peer of the shape "
+             "(in bold), memory against HF torch.", "",
              "Our variants, each in its own process: `scan` (the default config: layers under "
              "`nn.scan`, one compiled layer), `unrolled` (`--config.model.scan_layers=false`), "
              "`scan+remat` (`--config.model.remat_policy=checkpoint_dots`: matmul outputs kept, "

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from roberta_jax.errors import UserError
-from roberta_jax.host_memory import keep_freed_memory
+from roberta_jax.host_memory import keep_freed_memory, run_on_calling_thread
 from roberta_jax.model import HEADS
 from roberta_jax.progress import close_bars, print_above
 
@@ -378,6 +378,10 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
+# Commands that never import jax: their start stays fast.
+WITHOUT_JAX = ("train-tokenizer", "prepare")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -387,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown or overrides)}")
     args.overrides = overrides
     _log_to_stderr()
-    keep_freed_memory()  # XLA on CPU: no page faults on each step's fresh buffers
+    # XLA on CPU: no page faults on each step's fresh buffers (host_memory.py says why both)
+    keep_freed_memory()
+    if args.command not in WITHOUT_JAX:
+        run_on_calling_thread()
     try:
         status = args.run(args)
     except UserError as e:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from roberta_jax import fs, hosts, weights
+from roberta_jax import fs, host_memory, hosts, weights
 from roberta_jax import sharding as shd
 from roberta_jax.checkpoint import Checkpointer, git_revision
 from roberta_jax.config import RobertaConfig
@@ -308,6 +308,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                                     async_save=config.checkpoint.async_save)
         state = restore_or_init(checkpointer, config, init_sharded, abstract, shardings,
                                 model_cfg)
+        host_memory.release_free_pages()  # the init program's temporaries, below the state
         keys = train_keys(config)
         batch_shardings = {k: shd.batch_sharding(mesh) for k in keys}
         jit_train = jit_train_step(train_step, shardings, mesh, config)
