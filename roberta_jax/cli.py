@@ -378,10 +378,6 @@ def _log_to_stderr() -> None:
         logger.propagate = False
 
 
-# Commands that never import jax: their start stays fast.
-WITHOUT_JAX = ("train-tokenizer", "prepare")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -393,8 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     # XLA on CPU: no page faults on each step's fresh buffers (host_memory.py says why both)
     keep_freed_memory()
-    if args.command not in WITHOUT_JAX:
-        run_on_calling_thread()
+    run_on_calling_thread()
     try:
         status = args.run(args)
     except UserError as e:

@@ -340,7 +340,7 @@ def _train_one_seed(run: _Run, params, tests, seed, out) -> dict:
         params, opt_state = state["params"], state["opt_state"]
         best, history = meta["best"], meta["history"]
         log.info("seed %d: resumed after epoch %d", seed, first_epoch)
-    host_memory.release_free_pages()  # what building the state freed, below it
+    host_memory.release_free_pages((params, opt_state))  # what building them freed
     primary = f"{run.task.eval_splits[0]}_{run.task.metrics[0]}" if run.task.eval_splits \
         else None
     bar = progress_bar(run.steps_per_epoch * run.epochs, first_epoch * run.steps_per_epoch,

@@ -58,16 +58,24 @@ def keep_freed_memory() -> bool:
     return _DONE
 
 
-def run_on_calling_thread() -> None:
-    """jax on CPU: run single-device computations on the calling thread (see above). Takes
-    effect only before jax creates its CPU backend (its first computation)."""
+def run_on_calling_thread() -> bool:
+    """jax on CPU: run single-device computations on the calling thread (see above). Returns
+    False, changing nothing, once jax has created its backends (the setting is read then)."""
     import jax
+    from jax._src import xla_bridge
+    if xla_bridge.backends_are_initialized():
+        return False
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True
 
 
-def release_free_pages() -> bool:
+def release_free_pages(ready=None) -> bool:
     """Return the whole pages of the heap's free chunks to the OS (glibc malloc_trim), e.g.
-    the holes the initialisation of a training state leaves; whether glibc released any."""
+    the holes the initialisation of a training state leaves, once the arrays `ready` are
+    computed; whether glibc released any."""
+    if ready is not None:
+        import jax
+        jax.block_until_ready(ready)  # its temporaries are freed only then
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -99,6 +99,7 @@ class Predictor:
         self.kind = None if self.head == "masked-lm" else task_kinds.for_head(
             self.head, self.max_length, regression=self.model.config.num_labels == 1)
         self._forward = jax.jit(self._outputs, static_argnames="top_k")
+        self._layout = None  # (short row length, tokens per step): see run
 
     def _outputs(self, params, rows, top_k=0):
         """What the host needs of the head's outputs, computed on the device."""
@@ -126,11 +127,13 @@ class Predictor:
         if longest > self.limit:
             raise UserError(f"an input of {longest} tokens is longer than the model's "
                             f"{self.limit}")
-        buckets = tuple(b for b in BUCKETS if b < self.limit) + (self.limit,)
-        # Steps of about batch_size inputs' worth of tokens.
-        tokens_per_step = self.batch_size * max(1, int(lengths.mean()))
+        # QA windows are max_length long: rows of exactly that, not the next bucket.
+        buckets = tuple(b for b in BUCKETS if b < self.max_length) + (self.max_length,)
+        if self._layout is None:  # set by the first chunk and kept: the same compiled steps
+            self._layout = (pack.short_row_length(lengths, buckets),
+                            self.batch_size * max(1, int(lengths.mean())))  # batch_size inputs
         outputs = [None] * len(sequences)
-        for group in pack.inference_groups(lengths, buckets, tokens_per_step):
+        for group in pack.inference_groups(lengths, buckets, *self._layout):
             results = self._run_group([sequences[i] for i in group.members], group, per_token,
                                       masks, top_k, width or longest)
             for i, result in zip(group.members, results):

@@ -308,7 +308,7 @@ def _pretrain(config, workdir, preemption: hosts.Preemption, devices, stop_after
                                     async_save=config.checkpoint.async_save)
         state = restore_or_init(checkpointer, config, init_sharded, abstract, shardings,
                                 model_cfg)
-        host_memory.release_free_pages()  # the init program's temporaries, below the state
+        host_memory.release_free_pages(state)  # the init program's temporaries, below it
         keys = train_keys(config)
         batch_shardings = {k: shd.batch_sharding(mesh) for k in keys}
         jit_train = jit_train_step(train_step, shardings, mesh, config)

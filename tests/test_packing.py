@@ -145,11 +145,11 @@ def test_inference_rows_give_long_inputs_long_rows_and_fill_them_with_short_ones
     for _ in range(30):
         lengths = np.concatenate([rng.integers(2, 9, rng.integers(1, 80)),
                                   rng.integers(17, 120, rng.integers(0, 6))])
-        groups = pack.inference_groups(lengths, buckets, tokens_per_step=128)
+        short = int(rng.choice(buckets[:3]))
+        groups = pack.inference_groups(lengths, buckets, short, tokens_per_step=128)
         members = np.concatenate([g.members for g in groups])
         assert sorted(members) == list(range(len(lengths)))  # each sequence in one row
-        short = min(pack.row_length(4 * int(np.median(lengths)), buckets),
-                    pack.row_length(lengths.max(), buckets))  # 4 median inputs, if any is
+        short = min(short, pack.row_length(lengths.max(), buckets))  # no longer than needed
         for g in groups:
             assert g.rows % g.step == 0 and g.placement.rows <= g.rows
             assert (g.placement.length == lengths[g.members]).all()
@@ -373,6 +373,33 @@ def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, 
             best = np.argsort(-logits[position])[:3]
             assert fills == [tokenizer.decode([int(t)]).strip() or tokenizer.id_to_token(int(t))
                              for t in best]
+
+
+def test_predict_maps_per_token_outputs_back_across_row_lengths(tmp_path, monkeypatch):
+    from conftest import small_bpe_tokenizer
+
+    from roberta_jax.predict import Predictor
+    (tmp_path / "m").mkdir()
+    tokenizer = small_bpe_tokenizer(["alpha beta gamma delta"], tmp_path / "m")
+    parity.random_hf_model("token-classification", vocab_size=max(tokenizer.vocab_size, VOCAB)
+                           ).save_pretrained(tmp_path / "m")
+    predictor = Predictor(str(tmp_path / "m"), batch_size=4)
+    # Mostly short, two longer than rows of 32 hold (the model takes 38 tokens).
+    sequences = _sequences(lengths=[5, 9, 3, 36, 7, 4, 33, 2, 12, 6, 8, 5])
+    lengths_used, inference_groups = [], pack.inference_groups
+
+    def groups(*args, **kwargs):
+        chosen = inference_groups(*args, **kwargs)
+        lengths_used.extend(g.row_length for g in chosen)
+        return chosen
+    monkeypatch.setattr(pack, "inference_groups", groups)
+    got = predictor.run(sequences, per_token=True, width=38)
+    assert lengths_used == [38, 32]
+    alone_ids, alone_mask = pad_batch(sequences, 38, 1)
+    alone = np.asarray(predictor.model.apply({"params": predictor.params}, alone_ids,
+                                             attention_mask=alone_mask).logits)
+    real = alone_mask > 0
+    np.testing.assert_allclose(got[real], alone[real], atol=1e-5, rtol=0)
 
 
 def test_packed_pretraining_rows_predict_masked_words_per_document(tmp_path):

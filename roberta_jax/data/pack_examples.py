@@ -169,28 +169,31 @@ class RowGroup:
     placement: Placement   # of the members, in that order
 
 
-def inference_groups(lengths, buckets: tuple[int, ...], tokens_per_step: int,
-                     per_row: int = 4) -> list[RowGroup]:
-    """Packed rows for inference when lengths vary: most sequences share rows of the smallest
-    bucket holding `per_row` sequences of the median length, and each longer one goes to rows
-    of the smallest bucket holding it, whose room (whole steps of them) is filled with shorter
-    sequences first. A row of L tokens computes L x L attention scores of which the mask keeps
-    only each sequence's own, so short rows for short inputs waste less; filling the long
-    rows keeps their steps from carrying padding rows. Steps hold about `tokens_per_step`
-    tokens, a power of two of rows, so that few programs are compiled whatever the inputs."""
+def short_row_length(lengths, buckets: tuple[int, ...], per_row: int = 4) -> int:
+    """The row length for most of these sequences: the smallest bucket holding `per_row` of
+    median length (first-fit then leaves little room unused in a row)."""
+    return row_length(per_row * int(np.median(lengths)), buckets)
+
+
+def inference_groups(lengths, buckets: tuple[int, ...], short_length: int,
+                     tokens_per_step: int) -> list[RowGroup]:
+    """Packed rows for inference when lengths vary: sequences share rows of `short_length`
+    (short_row_length) or, if longer, rows of the smallest bucket holding them, whose room
+    (whole steps of rows) is filled with shorter sequences first. A row of L tokens computes
+    L x L attention scores of which the mask keeps only each sequence's own, so short rows for
+    short inputs waste less. Steps hold about `tokens_per_step` tokens, a power of two of
+    rows: the same lengths and steps from call to call, so that few programs are compiled."""
     lengths = np.asarray(lengths, np.int64)
-    longest = row_length(int(lengths.max()), buckets)
-    base = min(row_length(per_row * int(np.median(lengths)), buckets), longest)
+    base = min(short_length, row_length(int(lengths.max()), buckets))
     needs = np.asarray([max(base, row_length(int(n), buckets)) for n in lengths])
     remaining, groups = np.arange(len(lengths)), []
     for length in sorted(set(needs.tolist()), reverse=True):
-        must = lengths[remaining][needs[remaining] == length]
-        if not must.size:  # all went to fill longer rows
+        needing = lengths[remaining][needs[remaining] == length]
+        if not needing.size:  # all went to fill longer rows
             continue
-        everything = first_fit(lengths[remaining], length).rows
-        must = first_fit(must, length).rows
-        step = min(power_of_two(-(-tokens_per_step // length)), power_of_two(everything))
-        rows = -(-must // step) * step
+        rows_for_all = first_fit(lengths[remaining], length).rows
+        step = min(power_of_two(-(-tokens_per_step // length)), power_of_two(rows_for_all))
+        rows = -(-first_fit(needing, length).rows // step) * step
         kept, placement = placed(first_fit(lengths[remaining], length, max_rows=rows))
         groups.append(RowGroup(length, step, rows, remaining[kept], placement))
         remaining = np.delete(remaining, kept)
