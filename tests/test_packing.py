@@ -330,9 +330,22 @@ def test_packed_evaluation_gives_the_padded_outputs_and_identical_metrics(tmp_pa
     assert kind.evaluate(split, packed, labels) == kind.evaluate(split, padded, labels)
 
 
+@pytest.fixture
+def lengths_used(monkeypatch):
+    """The row lengths predict packs into, in the order it runs them."""
+    used, inference_groups = [], pack.inference_groups
+
+    def groups(*args, **kwargs):
+        chosen = inference_groups(*args, **kwargs)
+        used.extend(g.row_length for g in chosen)
+        return chosen
+    monkeypatch.setattr(pack, "inference_groups", groups)
+    return used
+
+
 @pytest.mark.parametrize("task", ["masked-lm", "sequence-classification"])
 def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, task,
-                                                                     monkeypatch):
+                                                                     lengths_used):
     from conftest import small_bpe_tokenizer
 
     from roberta_jax.predict import Predictor
@@ -348,13 +361,6 @@ def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, 
             texts[i] += " " + rng.choice(words.split() + ["<mask>"])
     texts[0] = "<mask> " + texts[0] + " <mask>"
     predictor = Predictor(str(tmp_path / "m"), batch_size=4)
-    lengths_used, inference_groups = [], pack.inference_groups
-
-    def groups(*args, **kwargs):
-        chosen = inference_groups(*args, **kwargs)
-        lengths_used.extend(g.row_length for g in chosen)
-        return chosen
-    monkeypatch.setattr(pack, "inference_groups", groups)
     got = list(predictor([{"text": t} for t in texts], top_k=3))
     assert lengths_used == [38, 32]  # the long inputs' rows, then the others'
     ids = [tokenizer(t) for t in texts]
@@ -375,7 +381,7 @@ def test_predict_packs_its_inputs_and_answers_as_for_each_input_alone(tmp_path, 
                              for t in best]
 
 
-def test_predict_maps_per_token_outputs_back_across_row_lengths(tmp_path, monkeypatch):
+def test_predict_maps_per_token_outputs_back_across_row_lengths(tmp_path, lengths_used):
     from conftest import small_bpe_tokenizer
 
     from roberta_jax.predict import Predictor
@@ -386,13 +392,6 @@ def test_predict_maps_per_token_outputs_back_across_row_lengths(tmp_path, monkey
     predictor = Predictor(str(tmp_path / "m"), batch_size=4)
     # Mostly short, two longer than rows of 32 hold (the model takes 38 tokens).
     sequences = _sequences(lengths=[5, 9, 3, 36, 7, 4, 33, 2, 12, 6, 8, 5])
-    lengths_used, inference_groups = [], pack.inference_groups
-
-    def groups(*args, **kwargs):
-        chosen = inference_groups(*args, **kwargs)
-        lengths_used.extend(g.row_length for g in chosen)
-        return chosen
-    monkeypatch.setattr(pack, "inference_groups", groups)
     got = predictor.run(sequences, per_token=True, width=38)
     assert lengths_used == [38, 32]
     alone_ids, alone_mask = pad_batch(sequences, 38, 1)
