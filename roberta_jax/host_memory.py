@@ -11,7 +11,7 @@ process's resident size stays at its peak, as a training process's does anyway.
 These settings govern the heap of the main thread only. jax on CPU runs a computation on a
 thread of its own by default, and the scratch block XLA allocates there outgrows that thread's
 arena (64 MB heaps: the base model's step takes 1.1-1.5 GB), so glibc maps it afresh and
-unmaps it every step: 270,000-390,000 page faults and about 1 s of kernel time a base-model
+unmaps it every step: 270,000-390,000 page faults and 0.5-1 s of kernel time a base-model
 step. `run_on_calling_thread` makes jax run single-device CPU computations on the thread that
 calls them (the main one), whose heap keeps the block: the faults go, and a base step with
 full logits took 3.5 s instead of 4.0-4.3 (same user time). jax still releases the GIL while
@@ -45,13 +45,8 @@ def keep_freed_memory() -> bool:
     global _DONE
     if _DONE:
         return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        # The process's own symbols: libc is loaded already (find_library would run ldconfig
-        # at every command's start).
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    mallopt = _glibc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _DONE = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -76,11 +71,20 @@ def release_free_pages(ready=None) -> bool:
     if ready is not None:
         import jax
         jax.block_until_ready(ready)  # its temporaries are freed only then
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim")
+    if trim is None:
         return False
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
+
+
+def _glibc(name: str):
+    """A glibc malloc function, or None where there is none (not Linux, or musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # The process's own symbols: libc is loaded already (find_library would run ldconfig
+        # at every command's start).
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None

@@ -42,8 +42,8 @@ def first_fit(lengths: np.ndarray, row_length: int, max_rows: int | None = None)
     if lengths.size and lengths.max() > row_length:
         raise UserError(f"a sequence of {lengths.max()} tokens does not fit rows of {row_length}")
     n = len(lengths)
-    row, start, slot = (np.zeros(n, np.int64) for _ in range(3))
-    row[:] = -1
+    row = np.full(n, -1, np.int64)    # -1: no row (max_rows reached)
+    start, slot = np.zeros(n, np.int64), np.zeros(n, np.int64)
     free = np.empty(0, np.int64)      # room left in each open row
     used = np.empty(0, np.int64)      # segments in each open row
     for i in np.argsort(-lengths, kind="stable"):
